@@ -1,0 +1,62 @@
+# Everything a user needs:  make lab  |  make test
+# Both create .venv on first use (nothing is installed outside it) and are quick afterwards.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+PORT   ?= 8888
+
+# Keep caches and Jupyter state inside the checkout, not in $HOME.
+export MPLCONFIGDIR      := $(CURDIR)/$(VENV)/mplconfig
+export JUPYTER_CONFIG_DIR := $(CURDIR)/$(VENV)/etc/jupyter-user
+export JUPYTER_RUNTIME_DIR := $(CURDIR)/$(VENV)/share/jupyter/runtime
+export IPYTHONDIR        := $(CURDIR)/$(VENV)/ipython
+export HYPOTHESIS_STORAGE_DIRECTORY := $(CURDIR)/$(VENV)/hypothesis
+export PYTHONDONTWRITEBYTECODE := 1
+
+NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
+               -p no:cacheprovider -o addopts="" -q
+
+.PHONY: setup lab test test-unit test-notebooks test-gpu lint execute clean
+
+setup: $(STAMP)
+
+# Re-installs only when the dependency files change.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	# Build matplotlib's font cache now, so no notebook prints "building the font cache" on stderr.
+	$(PY) -c "import matplotlib.pyplot"
+	touch $(STAMP)
+
+lab: setup
+	$(VENV)/bin/jupyter lab --no-browser --ip=127.0.0.1 --port=$(PORT) \
+	    --ServerApp.root_dir=notebooks --LabApp.default_url=/lab/tree/00_overview.ipynb
+
+test: setup
+	$(PY) -m pytest -q tests
+	$(PY) -m pytest $(NBVAL_FLAGS) notebooks
+
+test-unit: setup
+	$(PY) -m pytest -q tests
+
+# One notebook:  make test-notebooks NB=notebooks/02_routing.ipynb
+NB ?= notebooks
+test-notebooks: setup
+	$(PY) -m pytest $(NBVAL_FLAGS) $(NB)
+
+# On a GPU machine (no venv needed there):  make test-gpu PY=python3
+test-gpu:
+	$(PY) -m pytest -q -m gpu tests
+
+# Re-execute notebooks in place (after changing what they use); then commit the outputs.
+execute: setup
+	$(PY) -m jupyter nbconvert --to notebook --execute --inplace \
+	    --ExecutePreprocessor.timeout=300 $(NB)$(if $(filter notebooks,$(NB)),/*.ipynb,)
+
+lint: setup
+	$(VENV)/bin/ruff check moe_lib tests
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,29 @@
+"""moe_lib: the Mixtral MoE layer as vLLM runs it, rebuilt to be read, tested and timed.
+
+``runtime`` is imported first on purpose: without CUDA it switches Triton to its interpreter before any
+module below defines a ``@triton.jit`` kernel.
+"""
+
+from . import runtime  # noqa: I001  (must come first)
+from .config import MIXTRAL_8X7B, TINY, MoEConfig
+from .gate import MoEGate
+from .reference import moe_reference, silu_and_mul
+from .routing import topk_softmax, topk_softmax_triton
+from .testing import assert_close, rel_err, verdict
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "runtime",
+    "MoEConfig",
+    "MIXTRAL_8X7B",
+    "TINY",
+    "MoEGate",
+    "topk_softmax",
+    "topk_softmax_triton",
+    "moe_reference",
+    "silu_and_mul",
+    "rel_err",
+    "assert_close",
+    "verdict",
+]

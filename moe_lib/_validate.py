@@ -1,0 +1,72 @@
+"""Argument checks shared by every public function: a bad input raises a ValueError/TypeError that
+names the argument, before any kernel sees it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+INT_DTYPES = (torch.int32, torch.int64)
+
+
+def _dtype_names(dtypes: Sequence[torch.dtype]) -> str:
+    return ", ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def check_tensor(
+    name: str,
+    t,
+    *,
+    ndim: int | None = None,
+    dtypes: Sequence[torch.dtype] | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Type, rank, dtype and device of one tensor argument."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+    if dtypes is not None and t.dtype not in dtypes:
+        raise TypeError(f"{name} must have dtype in ({_dtype_names(dtypes)}), got {t.dtype}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name} is on {t.device} but the other inputs are on {device}")
+    return t
+
+
+def check_int(name: str, value, *, low: int | None = None, high: int | None = None) -> int:
+    """An int (not bool) within [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value}")
+    return value
+
+
+def check_dim(name: str, t: torch.Tensor, dim: int, expected: int, what: str) -> None:
+    """``t.shape[dim] == expected``, where ``what`` says where the expected size comes from."""
+    if t.shape[dim] != expected:
+        raise ValueError(
+            f"{name} has size {t.shape[dim]} in dim {dim} (shape {tuple(t.shape)}) but {what} is {expected}"
+        )
+
+
+def check_routing(
+    topk_weights: torch.Tensor, topk_ids: torch.Tensor, num_tokens: int, num_experts: int, device: torch.device
+) -> int:
+    """The (M, top_k) pair that routing produces; returns top_k. Ids must lie in [0, num_experts)."""
+    check_tensor("topk_weights", topk_weights, ndim=2, dtypes=(torch.float32,) + FLOAT_DTYPES[1:], device=device)
+    check_tensor("topk_ids", topk_ids, ndim=2, dtypes=INT_DTYPES, device=device)
+    if topk_weights.shape != topk_ids.shape:
+        raise ValueError(
+            f"topk_weights {tuple(topk_weights.shape)} and topk_ids {tuple(topk_ids.shape)} must have the same shape"
+        )
+    check_dim("topk_ids", topk_ids, 0, num_tokens, "the number of tokens in hidden_states")
+    if topk_ids.numel():
+        lo, hi = int(topk_ids.min()), int(topk_ids.max())
+        if lo < 0 or hi >= num_experts:
+            raise ValueError(f"topk_ids must lie in [0, {num_experts}) (num_experts), got values in [{lo}, {hi}]")
+    return topk_ids.shape[1]

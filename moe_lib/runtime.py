@@ -1,0 +1,80 @@
+"""The one place that prepares Triton for the machine it runs on.
+
+Without CUDA the Triton *interpreter* runs every kernel on the CPU with numpy. It must be switched on
+(``TRITON_INTERPRET=1``) before any ``@triton.jit`` decorator runs, so ``moe_lib/__init__.py`` imports
+this module first, before any module that defines a kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import sys
+
+import numpy as np
+import torch
+
+#: True when no CUDA device is usable: kernels then run in the Triton interpreter on the CPU.
+HAS_CUDA: bool = torch.cuda.is_available()
+
+if not HAS_CUDA:
+    # Respect an explicit choice ("0" would try to compile for a GPU that is not there, so we don't
+    # honour it); only fill in the default.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+#: True when kernels run in the Triton interpreter (set by us or by the user).
+INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+import triton  # noqa: E402  (after the environment variable on purpose)
+
+
+def default_device() -> torch.device:
+    """The device notebooks and tests put tensors on: the GPU when there is one, else the CPU."""
+    return torch.device("cuda") if HAS_CUDA else torch.device("cpu")
+
+
+def device_name(device: torch.device | str | None = None) -> str:
+    """The accelerator's marketing name (``"NVIDIA H100 80GB HBM3"``) or ``"cpu"``."""
+    device = torch.device(device) if device is not None else default_device()
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+def environment_report() -> dict[str, str]:
+    """What notebook 00 prints: where kernels run and with which versions."""
+    report = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "device": device_name(),
+        "kernels run": "Triton interpreter on the CPU (numpy)" if INTERPRET else "compiled, on the GPU",
+    }
+    if HAS_CUDA:
+        props = torch.cuda.get_device_properties(0)
+        report["multiprocessors"] = str(props.multi_processor_count)
+        report["GPU memory"] = f"{props.total_memory / 2**30:.0f} GiB"
+    return report
+
+
+def quiet_interpreter():
+    """Silence numpy's floating-point warnings while the interpreter runs a kernel.
+
+    The interpreter evaluates kernels with numpy, which warns about IEEE results a GPU produces silently
+    (``exp(-inf)``, ``inf - inf`` on masked lanes). They are expected, and stderr must stay clean.
+    """
+    return np.errstate(all="ignore") if INTERPRET else contextlib.nullcontext()
+
+
+def format_report(report: dict[str, str] | None = None) -> str:
+    report = environment_report() if report is None else report
+    width = max(map(len, report))
+    return "\n".join(f"{key:<{width}} : {value}" for key, value in report.items())
+
+
+__all__ = ["HAS_CUDA", "INTERPRET", "quiet_interpreter", "default_device", "device_name", "environment_report", "format_report"]
+
+if __name__ == "__main__":  # python -m moe_lib.runtime
+    print(format_report())
+    sys.exit(0)

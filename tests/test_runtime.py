@@ -1,0 +1,35 @@
+import os
+import subprocess
+import sys
+
+import triton
+
+from moe_lib import runtime
+
+
+def test_interpreter_exactly_when_no_cuda():
+    if not runtime.HAS_CUDA:
+        assert runtime.INTERPRET and os.environ["TRITON_INTERPRET"] == "1"
+    assert triton.knobs.runtime.interpret == runtime.INTERPRET
+
+
+def test_report_names_device_and_versions():
+    report = runtime.environment_report()
+    for key in ("python", "torch", "triton", "device", "kernels run"):
+        assert report[key]
+    text = runtime.format_report(report)
+    assert "triton" in text and report["device"] in text
+
+
+def test_import_sets_interpreter_before_kernels_in_a_fresh_process():
+    # A fresh interpreter without TRITON_INTERPRET: importing moe_lib alone must make kernels work on CPU.
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = (
+        "import torch, moe_lib\n"
+        "from moe_lib.routing import topk_softmax_kernel\n"
+        "print(type(topk_softmax_kernel).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    expected = "JITFunction" if runtime.HAS_CUDA else "InterpretedFunction"
+    assert out.stdout.strip() == expected
+    assert out.stderr == ""

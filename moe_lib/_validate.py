@@ -70,3 +70,11 @@ def check_routing(
         if lo < 0 or hi >= num_experts:
             raise ValueError(f"topk_ids must lie in [0, {num_experts}) (num_experts), got values in [{lo}, {hi}]")
     return topk_ids.shape[1]
+
+
+def check_kernel_device(name: str, t: torch.Tensor) -> None:
+    """Compiled Triton kernels need CUDA tensors; the interpreter (no GPU) takes CPU tensors."""
+    from . import runtime
+
+    if not runtime.INTERPRET and t.device.type != "cuda":
+        raise ValueError(f"{name} is on {t.device}; Triton kernels on this GPU machine need CUDA tensors")

@@ -19,7 +19,8 @@ import triton
 import triton.language as tl
 
 from . import runtime
-from ._validate import FLOAT_DTYPES, check_int, check_tensor
+from ._alloc import empty
+from ._validate import FLOAT_DTYPES, check_int, check_kernel_device, check_tensor
 
 
 def _check_routing_args(router_logits, top_k: int, renormalize: bool) -> None:
@@ -126,10 +127,11 @@ def topk_softmax_triton(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract and results as :func:`topk_softmax`, computed by one Triton kernel."""
     _check_routing_args(router_logits, top_k, renormalize)
+    check_kernel_device("router_logits", router_logits)
     num_tokens, num_experts = router_logits.shape
     device = router_logits.device
-    topk_weights = torch.empty(num_tokens, top_k, dtype=torch.float32, device=device)  # (M, k)
-    topk_ids = torch.empty(num_tokens, top_k, dtype=torch.int32, device=device)  # (M, k)
+    topk_weights = empty(num_tokens, top_k, dtype=torch.float32, device=device)  # (M, k)
+    topk_ids = empty(num_tokens, top_k, dtype=torch.int32, device=device)  # (M, k)
     if num_tokens == 0:
         return topk_weights, topk_ids
     block_e = triton.next_power_of_2(num_experts)

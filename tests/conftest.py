@@ -31,3 +31,12 @@ def device() -> torch.device:
 def gen() -> torch.Generator:
     """A fresh seeded generator per test: random but reproducible inputs."""
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture
+def poison():
+    """Every kernel output buffer starts as NaN / an impossible int: unwritten elements fail the test."""
+    from moe_lib._alloc import poisoned
+
+    with poisoned():
+        yield

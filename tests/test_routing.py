@@ -6,6 +6,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from moe_lib.routing import softmax_fp32, topk_softmax, topk_softmax_triton
+from moe_lib import runtime
+from moe_lib.runtime import default_device
 
 IMPLS = [topk_softmax, topk_softmax_triton]
 INF, NAN = float("inf"), float("nan")
@@ -31,10 +33,10 @@ def _hf_route(logits, top_k):
 def test_matches_hf_router(impl, M, E, k, gen):
     for _ in range(3):  # several fresh draws
         logits = torch.randn(M, E, generator=gen) * 3
-        w, ids = impl(logits, k)
+        w, ids = impl(logits.to(default_device()), k)
         hf_w, hf_ids = _hf_route(logits, k)
-        assert torch.equal(ids.long(), hf_ids)
-        assert torch.allclose(w, hf_w, rtol=1e-6, atol=0)
+        assert torch.equal(ids.cpu().long(), hf_ids)
+        assert torch.allclose(w.cpu(), hf_w, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("renormalize", [True, False])
@@ -42,7 +44,7 @@ def test_matches_hf_router(impl, M, E, k, gen):
     "M,E,k", [(0, 8, 2), (1, 1, 1), (2, 2, 2), (33, 8, 8), (100, 16, 16), (3, 256, 256), (257, 60, 3)]
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_triton_equals_torch(M, E, k, renormalize, dtype, gen, device):
+def test_triton_equals_torch(M, E, k, renormalize, dtype, gen, device, poison):
     logits = (torch.randn(M, E, generator=gen) * 4).to(device=device, dtype=dtype)
     w, ids = topk_softmax(logits, k, renormalize)
     tw, tids = topk_softmax_triton(logits, k, renormalize)
@@ -121,6 +123,13 @@ def test_bad_inputs(impl, args, exc, match):
         impl(*args)
 
 
+def test_cpu_tensor_on_a_gpu_machine_is_rejected():
+    if not runtime.HAS_CUDA:
+        pytest.skip("on a CPU machine the interpreter takes CPU tensors")
+    with pytest.raises(ValueError, match="router_logits"):
+        topk_softmax_triton(torch.randn(4, 8), 2)
+
+
 def test_bad_renormalize():
     with pytest.raises(TypeError, match="renormalize"):
         topk_softmax_triton(torch.randn(2, 4), 2, renormalize=1)
@@ -153,8 +162,8 @@ def test_properties_of_torch_routing(problem):
 @given(routing_problem())
 def test_properties_of_triton_routing(problem):
     logits, k = problem
-    w, ids = topk_softmax_triton(logits, k)
-    _check_properties(logits, k, w, ids)
+    w, ids = topk_softmax_triton(logits.to(default_device()), k)
+    _check_properties(logits, k, w.cpu(), ids.cpu())
 
 
 def _check_properties(logits, k, w, ids):

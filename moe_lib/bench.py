@@ -1,0 +1,275 @@
+"""Benchmark of the whole MoE layer on a GPU, the way serving engines time it.
+
+    python -m moe_lib.bench                      # Mixtral shapes, TP 1/2/4/8, M = 1 ... 4096, bf16
+    python -m moe_lib.bench --tp 8 --m 1 64 --impl moe_lib
+
+Each point: a CUDA graph of ``--calls`` layer calls (routing + alignment + GEMMs + activation + sum
+over k) captured once; before each replay a fresh batch of router logits is copied into the graph's
+input; replays are timed with CUDA events; the median replay / calls is reported. The transformers-style
+loop cannot be captured (its shapes depend on the routing): it is timed eagerly, with events.
+
+Peers in the same run: ``loop`` (one matmul pair per expert, like transformers), ``grouped_mm``
+(``torch._grouped_mm`` over expert-sorted tokens, where this torch has it), and two ceilings: a large
+device-to-device copy (bytes read + written) and a large bf16 matmul. Results go to
+``data/bench/<gpu name>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import triton
+
+from . import runtime
+from .kernels.fused_moe import fused_experts, get_config
+from .reference import silu_and_mul
+from .routing import topk_softmax_triton
+
+MIXTRAL = dict(num_experts=8, top_k=2, hidden=4096, intermediate=14336)
+M_VALUES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+TP_VALUES = (1, 2, 4, 8)
+IMPLS = ("moe_lib", "grouped_mm", "loop")
+DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "bench"
+
+
+# ---- ceilings --------------------------------------------------------------------------------------
+def _time_events(fn: Callable[[], None], reps: int = 20, warmup: int = 3) -> list[float]:
+    """Per-call times in µs, measured with CUDA events."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3)
+    return times
+
+
+def measure_ceilings() -> dict[str, float]:
+    """Copy bandwidth (TB/s, read + write) and bf16 matmul rate (TFLOP/s) of this card, now."""
+    n = 1 << 30  # 1 GiB
+    src = torch.empty(n, dtype=torch.uint8, device="cuda").random_(0, 255)
+    dst = torch.empty_like(src)
+    copy_us = statistics.median(_time_events(lambda: dst.copy_(src)))
+    del src, dst
+    size = 8192
+    a = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
+    mm_us = statistics.median(_time_events(lambda: torch.mm(a, b)))
+    return {"copy_TBps": 2 * n / copy_us / 1e6, "matmul_TFLOPs": 2 * size**3 / mm_us / 1e6}
+
+
+# ---- floors ----------------------------------------------------------------------------------------
+def expected_experts_touched(m: int, num_experts: int, top_k: int) -> float:
+    """Expected number of distinct experts that M uniformly routed tokens hit."""
+    return num_experts * (1 - (1 - top_k / num_experts) ** m)
+
+
+def floor_us(m: int, tp: int, ceilings: dict[str, float], shape: dict = MIXTRAL) -> dict[str, float]:
+    """Bytes over bandwidth (the touched experts' weights, once) and FLOPs over the matmul rate."""
+    e, k, h, n = shape["num_experts"], shape["top_k"], shape["hidden"], shape["intermediate"] // tp
+    bytes_per_expert = 3 * h * n * 2  # w1, w3, w2 in bf16
+    weight_bytes = expected_experts_touched(m, e, k) * bytes_per_expert
+    flops = 2 * m * k * 3 * h * n
+    mem = weight_bytes / (ceilings["copy_TBps"] * 1e12) * 1e6
+    mma = flops / (ceilings["matmul_TFLOPs"] * 1e12) * 1e6
+    return {"weight_bytes": weight_bytes, "flops": flops, "memory_us": mem, "compute_us": mma, "floor_us": max(mem, mma)}
+
+
+# ---- implementations: each maps (x, w13, w2, logits, top_k) -> (M, H) ------------------------------
+def layer_moe_lib(x, w13, w2, logits, top_k, config=None):
+    weights, ids = topk_softmax_triton(logits, top_k)
+    return fused_experts(x, w13, w2, weights, ids, config=config, check_ids=False)
+
+
+def layer_loop(x, w13, w2, logits, top_k, config=None):
+    """transformers' way: for each expert that got tokens, gather them, run its MLP, scatter-add."""
+    weights, ids = topk_softmax_triton(logits, top_k)
+    out = torch.zeros_like(x)
+    for e in range(w13.shape[0]):
+        token, slot = torch.where(ids == e)
+        if token.numel() == 0:
+            continue
+        y = silu_and_mul(x[token] @ w13[e].T) @ w2[e].T
+        out.index_add_(0, token, (y * weights[token, slot, None]).to(x.dtype))
+    return out
+
+
+def layer_grouped_mm(x, w13, w2, logits, top_k, config=None):
+    """Sort (token, slot) rows by expert, two torch._grouped_mm calls, un-sort, weight, sum over k."""
+    weights, ids = topk_softmax_triton(logits, top_k)
+    m, e = x.shape[0], w13.shape[0]
+    flat = ids.reshape(-1).long()
+    order = torch.argsort(flat, stable=True)  # (M*k,)
+    counts = (flat[:, None] == torch.arange(e, device=x.device)[None, :]).sum(0)  # no host sync
+    offs = torch.cumsum(counts, 0).to(torch.int32)  # (E,) group ends
+    xs = x[order // top_k]  # (M*k, H)
+    act = silu_and_mul(torch._grouped_mm(xs, w13.transpose(1, 2), offs=offs))
+    ys = torch._grouped_mm(act, w2.transpose(1, 2), offs=offs)  # (M*k, H)
+    out = torch.empty_like(ys)
+    out[order] = ys
+    out = out.view(m, top_k, -1) * weights.to(x.dtype)[..., None]
+    return out.sum(1)
+
+
+LAYERS = {"moe_lib": layer_moe_lib, "loop": layer_loop, "grouped_mm": layer_grouped_mm}
+
+
+# ---- timing ----------------------------------------------------------------------------------------
+def time_layer_graph(fn, x, w13, w2, top_k, calls=10, replays=20, logits_pool=None, config=None) -> float:
+    """µs per layer call: a CUDA graph of `calls` calls, a fresh routing input before each replay."""
+    logits = logits_pool[0].clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm up (compiles the kernels) outside the graph
+        for _ in range(2):
+            fn(x, w13, w2, logits, top_k, config)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn(x, w13, w2, logits, top_k, config)
+    times = []
+    for i in range(replays + 2):
+        logits.copy_(logits_pool[i % len(logits_pool)])
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        if i >= 2:
+            times.append(start.elapsed_time(end) * 1e3 / calls)
+    del graph
+    return statistics.median(times)
+
+
+def time_layer_eager(fn, x, w13, w2, top_k, replays=20, logits_pool=None, config=None) -> float:
+    logits = logits_pool[0].clone()
+
+    def call():
+        fn(x, w13, w2, logits, top_k, config)
+
+    times = []
+    for i in range(replays + 2):
+        logits.copy_(logits_pool[i % len(logits_pool)])
+        times.extend(_time_events(call, reps=1, warmup=0))
+    return statistics.median(times[2:])
+
+
+def time_steps(num_tokens: int = 8192, num_experts: int = 8, top_k: int = 2, block_size: int = 64) -> dict:
+    """µs of the small steps alone: routing and alignment (eager launches and inside a CUDA graph)."""
+    from .kernels.align import moe_align_block_size
+
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    logits = torch.randn(num_tokens, num_experts, device="cuda", generator=gen)
+    _, ids = topk_softmax_triton(logits, top_k)
+    steps = {
+        "routing": lambda: topk_softmax_triton(logits, top_k),
+        "align": lambda: moe_align_block_size(ids, block_size, num_experts),
+    }
+    out = {}
+    for name, fn in steps.items():
+        out[f"{name}_eager_us"] = statistics.median(_time_events(fn, reps=50, warmup=5))
+        graph = torch.cuda.CUDAGraph()
+        fn()
+        torch.cuda.synchronize()
+        with torch.cuda.graph(graph):
+            for _ in range(10):
+                fn()
+        out[f"{name}_graph_us"] = statistics.median(_time_events(graph.replay, reps=50, warmup=3)) / 10
+    return {"num_tokens": num_tokens, "num_experts": num_experts, "top_k": top_k, "block_size": block_size, **out}
+
+
+def make_weights(tp: int, gen: torch.Generator, shape: dict = MIXTRAL):
+    e, h, n = shape["num_experts"], shape["hidden"], shape["intermediate"] // tp
+    w13 = torch.randn(e, 2 * n, h, device="cuda", dtype=torch.bfloat16, generator=gen).mul_(h**-0.5)
+    w2 = torch.randn(e, h, n, device="cuda", dtype=torch.bfloat16, generator=gen).mul_(n**-0.5)
+    return w13, w2
+
+
+def run(tps=TP_VALUES, ms=M_VALUES, impls=IMPLS, calls=10, replays=20, out_path=None, verbose=True) -> dict:
+    if not runtime.HAS_CUDA:
+        raise SystemExit("moe_lib.bench needs a CUDA GPU; recorded results are in data/bench/")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    ceilings = measure_ceilings()
+    name = runtime.device_name()
+    result = {
+        "gpu": name,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "date": datetime.date.today().isoformat(),
+        "method": f"CUDA graph of {calls} layer calls, median of {replays} replays, fresh logits per replay; "
+        "loop: eager, CUDA events",
+        "shape": dict(MIXTRAL, dtype="bfloat16"),
+        "ceilings": ceilings,
+        "records": [],
+        "steps": time_steps(),
+    }
+    if verbose:
+        print(f"{name}  torch {torch.__version__}  triton {triton.__version__}")
+        print(f"ceilings: copy {ceilings['copy_TBps']:.2f} TB/s, bf16 matmul {ceilings['matmul_TFLOPs']:.0f} TFLOP/s")
+        print("steps (8192 tokens, E=8, top-2):", {k: round(v, 1) if isinstance(v, float) else v
+                                                   for k, v in result["steps"].items()})
+        print(f"{'tp':>3} {'M':>5} {'impl':>11} {'us':>9} {'TFLOP/s':>8} {'w TB/s':>7} {'%floor':>7}")
+    top_k, e, h = MIXTRAL["top_k"], MIXTRAL["num_experts"], MIXTRAL["hidden"]
+    for tp in tps:
+        w13, w2 = make_weights(tp, gen)
+        n = w2.shape[2]
+        for m in ms:
+            x = torch.randn(m, h, device="cuda", dtype=torch.bfloat16, generator=gen)
+            pool = [torch.randn(m, e, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(8)]
+            fl = floor_us(m, tp, ceilings)
+            for impl in impls:
+                fn = LAYERS[impl]
+                if impl == "grouped_mm" and not hasattr(torch, "_grouped_mm"):
+                    continue
+                config = get_config(m, e, n, h, top_k, "cuda") if impl == "moe_lib" else None
+                try:
+                    if impl == "loop":
+                        us = time_layer_eager(fn, x, w13, w2, top_k, replays, pool, config)
+                    else:
+                        us = time_layer_graph(fn, x, w13, w2, top_k, calls, replays, pool, config)
+                except Exception as exc:  # a peer that this torch cannot run is recorded, not fatal
+                    result["records"].append({"tp": tp, "M": m, "impl": impl, "us": None, "error": repr(exc)[:200]})
+                    if verbose:
+                        print(f"{tp:>3} {m:>5} {impl:>11}  failed: {repr(exc)[:80]}")
+                    continue
+                rec = {"tp": tp, "M": m, "impl": impl, "us": round(us, 2), "config": config,
+                       "floor_us": round(fl["floor_us"], 2)}
+                result["records"].append(rec)
+                if verbose:
+                    print(f"{tp:>3} {m:>5} {impl:>11} {us:>9.1f} {fl['flops'] / us / 1e6:>8.1f} "
+                          f"{fl['weight_bytes'] / us / 1e6:>7.2f} {100 * fl['floor_us'] / us:>6.0f}%")
+        del w13, w2
+        torch.cuda.empty_cache()
+    out_path = Path(out_path) if out_path else DATA_DIR / f"{name.replace(' ', '_')}.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=1) + "\n")
+    if verbose:
+        print(f"wrote {out_path}")
+    return result
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tp", type=int, nargs="+", default=list(TP_VALUES))
+    p.add_argument("--m", type=int, nargs="+", default=list(M_VALUES))
+    p.add_argument("--impl", nargs="+", default=list(IMPLS), choices=IMPLS)
+    p.add_argument("--calls", type=int, default=10)
+    p.add_argument("--replays", type=int, default=20)
+    p.add_argument("--out", default=None, help="JSON path (default: data/bench/<gpu name>.json)")
+    a = p.parse_args(argv)
+    run(a.tp, a.m, a.impl, a.calls, a.replays, a.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,351 @@
+"""The fused-MoE kernel: a grouped GEMM over expert-sorted tokens, written from scratch.
+
+Flow of :func:`fused_experts` for M tokens, each routed to top_k experts::
+
+    align       topk_ids (M, k)  -> sorted_token_ids, expert_ids, num_tokens_post_padded
+    GEMM1       x (M, H) @ w13[e].T, gate and up halves in one tile, then silu(gate) * up
+                -> act (M*k, I)          row = flat id t*k + j (token t, slot j)
+    GEMM2       act (M*k, I) @ w2[e].T, times the routing weight
+                -> out (M*k, H)
+    sum over k  -> (M, H)
+
+Both GEMMs are the same kernel, :func:`fused_moe_kernel`. A program computes one BLOCK_M x BLOCK_N tile of
+C for one block of sorted rows; all rows of a block share an expert, so the B tile is one slice of that
+expert's weight. Row r of the A tile is token ``sorted_token_ids[r] // A_ROWS_DIV`` (the token itself
+in GEMM1, the (token, slot) row in GEMM2).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import runtime
+from .._alloc import empty
+from .._validate import FLOAT_DTYPES, check_kernel_device
+from ..reference import check_moe_args
+from .align import moe_align_block_size
+
+CONFIG_DIR = Path(__file__).with_name("configs")
+
+
+@triton.jit
+def fused_moe_kernel(
+    # Pointers to matrices: A (rows, K), B (E, N or 2N, K), C (M * top_k, N)
+    a_ptr, b_ptr, c_ptr,
+    # Pointers to routing data: topk_weights (M * top_k,) fp32, and the alignment's three outputs
+    topk_weights_ptr, sorted_token_ids_ptr, expert_ids_ptr, num_tokens_post_padded_ptr,
+    # Matrix dimensions: N columns of C, K the reduction, EM = len(sorted_token_ids),
+    # num_valid_tokens = M * top_k (larger ids are padding)
+    N, K, EM, num_valid_tokens,
+    # Strides: how far to step in memory to move by one along each dimension
+    stride_am, stride_ak,
+    stride_be, stride_bn, stride_bk,
+    stride_cm, stride_cn,
+    # Meta-parameters
+    A_ROWS_DIV: tl.constexpr,  # flat id -> A row: top_k when A holds tokens (GEMM1), 1 otherwise (GEMM2)
+    GATED: tl.constexpr,  # B rows [0, N) are the gate, [N, 2N) the up projection: C = silu(A Bg^T) * (A Bu^T)
+    MUL_ROUTED_WEIGHT: tl.constexpr,  # multiply each row of C by its fp32 routing weight
+    COMPUTE_FP32: tl.constexpr,  # upcast tiles to fp32 before tl.dot (the interpreter gets bf16 wrong)
+    DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (exact), "tf32" is never chosen implicitly
+    BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
+    GROUP_SIZE_M: tl.constexpr,
+):
+    # -----------------------------------------------------------
+    # Map the program id to the tile of C it computes. Programs are grouped GROUP_SIZE_M row blocks at a
+    # time so that consecutive programs reuse the same B columns from L2.
+    pid = tl.program_id(axis=0)
+    num_pid_m = tl.cdiv(EM, BLOCK_SIZE_M)
+    num_pid_n = tl.cdiv(N, BLOCK_SIZE_N)
+    num_pid_in_group = GROUP_SIZE_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_SIZE_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_SIZE_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+
+    # Row blocks past the padded total have nothing to do (the grid is sized for the worst case).
+    num_tokens_post_padded = tl.load(num_tokens_post_padded_ptr)
+    if pid_m * BLOCK_SIZE_M >= num_tokens_post_padded:
+        return
+
+    # -----------------------------------------------------------
+    # The rows of this tile: flat ids (t * top_k + j); padding slots hold num_valid_tokens.
+    offs_sorted = pid_m * BLOCK_SIZE_M + tl.arange(0, BLOCK_SIZE_M)
+    flat_ids = tl.load(sorted_token_ids_ptr + offs_sorted, mask=offs_sorted < EM, other=num_valid_tokens)
+    row_mask = flat_ids < num_valid_tokens  # (BLOCK_SIZE_M,)
+    flat_ids = flat_ids.to(tl.int64)  # M * top_k * stride overflows int32 at large M
+    offs_cn = pid_n * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)
+    col_mask = offs_cn < N
+    c_ptrs = c_ptr + flat_ids[:, None] * stride_cm + offs_cn[None, :] * stride_cn
+    c_mask = row_mask[:, None] & col_mask[None, :]
+
+    # An expert that lives on another rank (-1) contributes zeros here.
+    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+    if expert == -1:
+        tl.store(c_ptrs, tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=c_ptr.dtype.element_ty), mask=c_mask)
+        return
+
+    # -----------------------------------------------------------
+    # Pointers to the first K block of A (gathered rows) and of B (this expert's slice, read as K x N).
+    offs_k = tl.arange(0, BLOCK_SIZE_K)
+    a_rows = flat_ids // A_ROWS_DIV
+    a_ptrs = a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak
+    offs_bn = offs_cn.to(tl.int64)
+    b_ptrs = b_ptr + expert * stride_be + offs_k[:, None] * stride_bk + offs_bn[None, :] * stride_bn
+    if GATED:
+        b_up_ptrs = b_ptrs + N * stride_bn  # the up projection sits N rows further down
+
+    # -----------------------------------------------------------
+    # Iterate over K, accumulating in fp32.
+    acc = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=tl.float32)
+    acc_up = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_SIZE_K)):
+        k_mask = offs_k < K - k * BLOCK_SIZE_K
+        a = tl.load(a_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=k_mask[:, None] & col_mask[None, :], other=0.0)
+        if COMPUTE_FP32:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        if GATED:
+            b_up = tl.load(b_up_ptrs, mask=k_mask[:, None] & col_mask[None, :], other=0.0)
+            if COMPUTE_FP32:
+                b_up = b_up.to(tl.float32)
+            acc_up = tl.dot(a, b_up, acc_up, input_precision=DOT_PRECISION)
+            b_up_ptrs += BLOCK_SIZE_K * stride_bk
+        a_ptrs += BLOCK_SIZE_K * stride_ak
+        b_ptrs += BLOCK_SIZE_K * stride_bk
+
+    # -----------------------------------------------------------
+    # Epilogue in fp32: SiLU-and-mul, the routing weight, then one rounding to C's dtype.
+    if GATED:
+        acc = acc * tl.sigmoid(acc) * acc_up
+    if MUL_ROUTED_WEIGHT:
+        weight = tl.load(topk_weights_ptr + flat_ids, mask=row_mask, other=0.0).to(tl.float32)
+        acc = acc * weight[:, None]
+    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Configurations: a tuned table per (E, N, device) when one exists, else a heuristic
+# ----------------------------------------------------------------------------------------------------
+CONFIG_KEYS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages")
+
+
+def config_file_name(num_experts: int, n: int, device_name: str) -> str:
+    """``E=8,N=14336,device_name=NVIDIA_H100_80GB_HBM3.json`` — N is the intermediate size per rank."""
+    return f"E={num_experts},N={n},device_name={device_name.replace(' ', '_')}.json"
+
+
+@functools.lru_cache(maxsize=None)
+def load_config_table(num_experts: int, n: int, device_name: str) -> dict[int, dict] | None:
+    """The tuned table {M: config} for this shape and device, or None."""
+    path = CONFIG_DIR / config_file_name(num_experts, n, device_name)
+    if not path.exists():
+        return None
+    table = {int(m): cfg for m, cfg in json.loads(path.read_text()).items()}
+    for m, cfg in table.items():
+        missing = set(CONFIG_KEYS) - set(cfg)
+        if missing:
+            raise ValueError(f"{path.name}: config for M={m} lacks {sorted(missing)}")
+    return table
+
+
+def default_config(num_tokens: int, num_experts: int, n: int, k: int, top_k: int) -> dict:
+    """A sound configuration for any shape (used when no tuned table exists)."""
+    if runtime.INTERPRET:
+        # Each program is a round of numpy calls: few, large tiles keep notebooks fast.
+        per_expert = triton.cdiv(num_tokens * top_k, num_experts)
+        return {
+            "BLOCK_SIZE_M": max(16, min(64, triton.next_power_of_2(per_expert))),
+            "BLOCK_SIZE_N": max(16, min(128, triton.next_power_of_2(n))),
+            "BLOCK_SIZE_K": max(16, min(128, triton.next_power_of_2(k))),
+            "GROUP_SIZE_M": 1,
+            "num_warps": 4,
+            "num_stages": 1,
+        }
+    m = num_tokens
+    return {
+        "BLOCK_SIZE_M": 16 if m <= 32 else 32 if m <= 96 else 64 if m <= 512 else 128,
+        "BLOCK_SIZE_N": 64 if m <= 64 else 128,
+        "BLOCK_SIZE_K": 128 if m <= 64 else 64,
+        "GROUP_SIZE_M": 16 if m / num_experts > 128 else 1,
+        "num_warps": 4 if m <= 128 else 8,
+        "num_stages": 4 if m <= 32 else 3,
+    }
+
+
+def get_config(num_tokens: int, num_experts: int, n: int, hidden: int, top_k: int, device) -> dict:
+    """The tuned config for the nearest M when a table exists for (E, N, device); else the default."""
+    if not runtime.INTERPRET:
+        table = load_config_table(num_experts, n, runtime.device_name(device))
+        if table:
+            nearest = min(table, key=lambda m: abs(m - num_tokens))
+            return dict(table[nearest])
+    return default_config(num_tokens, num_experts, n, hidden, top_k)
+
+
+def _check_config(config: dict) -> dict:
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict, got {type(config).__name__}")
+    missing = set(CONFIG_KEYS) - set(config)
+    if missing:
+        raise ValueError(f"config lacks {sorted(missing)}")
+    for key in ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K"):
+        v = config[key]
+        if not isinstance(v, int) or v < 16 or v & (v - 1):
+            raise ValueError(f"config[{key!r}] must be a power of two >= 16, got {v!r}")
+    return config
+
+
+# ----------------------------------------------------------------------------------------------------
+# Host functions
+# ----------------------------------------------------------------------------------------------------
+def invoke_fused_moe_kernel(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    topk_weights: torch.Tensor,
+    sorted_token_ids: torch.Tensor,
+    expert_ids: torch.Tensor,
+    num_tokens_post_padded: torch.Tensor,
+    *,
+    a_rows_div: int,
+    gated: bool,
+    mul_routed_weight: bool,
+    config: dict,
+) -> None:
+    """Launch one grouped GEMM: C[flat id] = A[flat id // a_rows_div] @ B[expert].T (see the kernel)."""
+    n = c.shape[1]
+    k = a.shape[1]
+    em = sorted_token_ids.shape[0]
+    grid = (triton.cdiv(em, config["BLOCK_SIZE_M"]) * triton.cdiv(n, config["BLOCK_SIZE_N"]),)
+    compute_fp32 = runtime.INTERPRET and a.dtype != torch.float32
+    with runtime.quiet_interpreter():
+        fused_moe_kernel[grid](
+            a, b, c,
+            topk_weights, sorted_token_ids, expert_ids, num_tokens_post_padded,
+            n, k, em, c.shape[0],
+            a.stride(0), a.stride(1),
+            b.stride(0), b.stride(1), b.stride(2),
+            c.stride(0), c.stride(1),
+            A_ROWS_DIV=a_rows_div,
+            GATED=gated,
+            MUL_ROUTED_WEIGHT=mul_routed_weight,
+            COMPUTE_FP32=compute_fp32,
+            DOT_PRECISION="ieee" if (a.dtype == torch.float32 or compute_fp32) else "tf32",
+            BLOCK_SIZE_M=config["BLOCK_SIZE_M"],
+            BLOCK_SIZE_N=config["BLOCK_SIZE_N"],
+            BLOCK_SIZE_K=config["BLOCK_SIZE_K"],
+            GROUP_SIZE_M=config["GROUP_SIZE_M"],
+            num_warps=config["num_warps"],
+            num_stages=config["num_stages"],
+        )
+
+
+def fused_experts(
+    hidden_states: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    *,
+    expert_map: torch.Tensor | None = None,
+    config: dict | None = None,
+    check_ids: bool = True,
+) -> torch.Tensor:
+    """The experts of an MoE layer for already-routed tokens.
+
+    Args:
+        hidden_states: (M, H) tokens, fp32/fp16/bf16.
+        w13: (E, 2I, H) [w1; w3] per expert, same dtype; any strides.
+        w2: (E, H, I) per expert, same dtype; any strides.
+        topk_weights: (M, k) routing weights; topk_ids: (M, k) expert ids (global ids if expert_map).
+        expert_map: optional (E_global,) global -> local expert id, -1 for experts on other ranks.
+        config: kernel configuration (see CONFIG_KEYS); default: tuned table or heuristic.
+        check_ids: verify on the host that ids lie in [0, E) (one device sync; turn off when capturing a
+            CUDA graph — out-of-range ids are then skipped by the alignment, never read out of bounds).
+
+    Returns:
+        (M, H) in the dtype of hidden_states: sum over k of weight * expert(x).
+    """
+    if check_ids:
+        num_tokens, hidden, inter, num_local, top_k = check_moe_args(
+            hidden_states, w13, w2, topk_weights, topk_ids, expert_map
+        )
+    else:
+        num_tokens, hidden = hidden_states.shape
+        num_local, inter, top_k = w13.shape[0], w13.shape[1] // 2, topk_ids.shape[1]
+    if not (hidden_states.dtype == w13.dtype == w2.dtype):
+        raise TypeError(
+            f"hidden_states ({hidden_states.dtype}), w13 ({w13.dtype}) and w2 ({w2.dtype}) must share a dtype"
+        )
+    check_kernel_device("hidden_states", hidden_states)
+    num_global = num_local if expert_map is None else expert_map.shape[0]
+    out = empty(num_tokens, hidden, dtype=hidden_states.dtype, device=hidden_states.device)
+    if num_tokens == 0:
+        return out
+    config = _check_config(
+        config if config is not None
+        else get_config(num_tokens, num_global, inter, hidden, top_k, hidden_states.device)
+    )
+
+    sorted_token_ids, expert_ids, num_tokens_post_padded = moe_align_block_size(
+        topk_ids, config["BLOCK_SIZE_M"], num_global, expert_map
+    )
+    weights = topk_weights.reshape(-1).to(torch.float32)  # (M * k,) indexed by flat id
+    act = empty(num_tokens * top_k, inter, dtype=hidden_states.dtype, device=hidden_states.device)
+    partial = empty(num_tokens * top_k, hidden, dtype=hidden_states.dtype, device=hidden_states.device)
+    routing = (weights, sorted_token_ids, expert_ids, num_tokens_post_padded)
+    # GEMM1 + SiLU-and-mul: act = silu(x @ w1[e].T) * (x @ w3[e].T), one row per (token, slot).
+    invoke_fused_moe_kernel(hidden_states, w13, act, *routing,
+                            a_rows_div=top_k, gated=True, mul_routed_weight=False, config=config)
+    # GEMM2, times the routing weight: partial = weight * act @ w2[e].T.
+    invoke_fused_moe_kernel(act, w2, partial, *routing,
+                            a_rows_div=1, gated=False, mul_routed_weight=True, config=config)
+    # Sum over the k experts of each token.
+    return torch.sum(partial.view(num_tokens, top_k, hidden), dim=1, out=out)
+
+
+def fused_moe(
+    hidden_states: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    router_logits: torch.Tensor,
+    top_k: int,
+    renormalize: bool = True,
+    *,
+    expert_map: torch.Tensor | None = None,
+    config: dict | None = None,
+    check_ids: bool = True,
+) -> torch.Tensor:
+    """Routing (fp32 softmax top-k, Triton) then :func:`fused_experts`."""
+    from ..routing import topk_softmax_triton
+
+    topk_weights, topk_ids = topk_softmax_triton(router_logits, top_k, renormalize)
+    if router_logits.shape[0] != hidden_states.shape[0]:
+        raise ValueError(
+            f"router_logits has {router_logits.shape[0]} rows but hidden_states has {hidden_states.shape[0]} tokens"
+        )
+    return fused_experts(hidden_states, w13, w2, topk_weights, topk_ids,
+                         expert_map=expert_map, config=config, check_ids=check_ids)
+
+
+__all__ = [
+    "fused_moe_kernel",
+    "invoke_fused_moe_kernel",
+    "fused_experts",
+    "fused_moe",
+    "get_config",
+    "default_config",
+    "load_config_table",
+    "config_file_name",
+    "CONFIG_KEYS",
+    "FLOAT_DTYPES",
+]

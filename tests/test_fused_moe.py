@@ -1,0 +1,239 @@
+"""fused_experts / fused_moe against the fp64 loop over experts and against HF's MixtralSparseMoeBlock.
+
+The CPU part runs in the Triton interpreter (sizes kept small); the `gpu` part runs on the device
+machine (`make test-gpu PY=python3`) with Mixtral shapes, bf16 and M = 100000.
+"""
+
+import pytest
+import torch
+
+from moe_lib.kernels import fused_experts, fused_moe, get_config
+from moe_lib.kernels.fused_moe import default_config
+from moe_lib.reference import moe_reference
+from moe_lib.routing import topk_softmax
+from moe_lib.testing import assert_close, tolerance
+
+
+def make_problem(M, E, H, I, k, gen, dtype=torch.float32, device="cpu", scale=None):
+    """Fresh random inputs; weights scaled ~1/sqrt(fan-in) so outputs stay O(1) at any size."""
+    x = torch.randn(M, H, generator=gen)
+    w13 = torch.randn(E, 2 * I, H, generator=gen) * (scale or H**-0.5)
+    w2 = torch.randn(E, H, I, generator=gen) * (scale or I**-0.5)
+    logits = torch.randn(M, E, generator=gen)
+    w, ids = topk_softmax(logits, k)
+    cast = dict(device=device, dtype=dtype)
+    return x.to(**cast), w13.to(**cast), w2.to(**cast), w.to(device), ids.to(device), logits.to(device)
+
+
+def check(M, E, H, I, k, dtype, gen, device, **kw):
+    x, w13, w2, w, ids, _ = make_problem(M, E, H, I, k, gen, dtype, device)
+    out = fused_experts(x, w13, w2, w, ids, **kw)
+    assert out.shape == (M, H) and out.dtype == dtype
+    ref = moe_reference(x, w13, w2, w, ids, fp64=True)
+    assert_close(out, ref, tol=tolerance(dtype), what=f"M={M} E={E} H={H} I={I} k={k} {dtype}")
+
+
+# ---- the CPU (interpreter) grid ------------------------------------------------------------------------
+# Every M, E and top_k of the issue's grid appears, with H and I that are no multiple of any tile.
+CPU_GRID = [
+    # M, E, H, I, top_k
+    (0, 8, 64, 128, 2),
+    (1, 8, 96, 200, 2),
+    (2, 2, 200, 96, 2),  # top_k = E
+    (7, 1, 64, 96, 1),  # one expert
+    (7, 4, 511, 96, 4),  # top_k = E
+    (33, 8, 96, 200, 2),
+    (33, 16, 200, 511, 4),
+    (64, 8, 64, 128, 1),
+    (64, 64, 96, 64, 4),
+    (257, 8, 96, 200, 2),
+    (257, 32, 64, 96, 2),
+    (1000, 8, 64, 96, 2),
+    (100, 256, 32, 48, 4),
+]
+
+
+@pytest.mark.parametrize("M,E,H,I,k", CPU_GRID)
+def test_grid_fp32(M, E, H, I, k, gen, device, poison):
+    check(M, E, H, I, k, torch.float32, gen, device)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("M,E,H,I,k", [(1, 8, 96, 200, 2), (33, 8, 200, 96, 2), (257, 16, 64, 128, 4)])
+def test_grid_half(M, E, H, I, k, dtype, gen, device, poison):
+    check(M, E, H, I, k, dtype, gen, device)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 16, "GROUP_SIZE_M": 4, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_SIZE_M": 64, "BLOCK_SIZE_N": 16, "BLOCK_SIZE_K": 64, "GROUP_SIZE_M": 1, "num_warps": 4, "num_stages": 2},
+    ],
+)
+def test_explicit_configs_and_group_swizzle(config, gen, device, poison):
+    check(50, 8, 72, 40, 2, torch.float32, gen, device, config=config)
+
+
+def test_expert_map_half_local(gen, device, poison):
+    M, E, H, I, k = 60, 8, 64, 96, 2
+    x, w13, w2, w, ids, _ = make_problem(M, E, H, I, k, gen, device=device)
+    full = moe_reference(x, w13, w2, w, ids, fp64=True)
+    total = torch.zeros_like(full)
+    for rank in range(2):
+        local = torch.arange(rank * 4, rank * 4 + 4, device=device)
+        expert_map = torch.full((E,), -1, dtype=torch.int32, device=device)
+        expert_map[local] = torch.arange(4, dtype=torch.int32, device=device)
+        part = fused_experts(x, w13[local], w2[local], w, ids, expert_map=expert_map)
+        assert_close(part, moe_reference(x, w13[local], w2[local], w, ids, expert_map=expert_map, fp64=True))
+        total += part.double()
+    assert_close(total, full, tol=tolerance(torch.float32))
+
+
+def test_non_contiguous_inputs(gen, device, poison):
+    M, E, H, I, k = 40, 8, 64, 96, 2
+    x, w13, w2, w, ids, _ = make_problem(M, E, H, I, k, gen, device=device)
+    w13_t = w13.transpose(1, 2).contiguous().transpose(1, 2)  # K-major: stride(2) != 1
+    w2_t = w2.transpose(0, 2).contiguous().transpose(0, 2)  # experts innermost
+    x_t = torch.stack([x, -x], dim=2).reshape(M, 2 * H)[:, ::2]
+    assert not (w13_t.is_contiguous() or w2_t.is_contiguous() or x_t.is_contiguous())
+    assert torch.equal(x_t, x)
+    out = fused_experts(x_t, w13_t, w2_t, w, ids)
+    assert_close(out, moe_reference(x, w13, w2, w, ids, fp64=True))
+
+
+def test_matches_hf_block(gen, device):
+    from transformers import MixtralConfig
+    from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+
+    M, E, H, I, k = 37, 8, 96, 200, 2
+    x, w13, w2, _, _, _ = make_problem(M, E, H, I, k, gen)
+    block = MixtralSparseMoeBlock(
+        MixtralConfig(hidden_size=H, intermediate_size=I, num_local_experts=E, num_experts_per_tok=k)
+    ).eval()
+    gate_w = torch.randn(E, H, generator=gen) * 0.3
+    with torch.no_grad():
+        block.gate.weight.copy_(gate_w)
+        block.experts.gate_up_proj.copy_(w13)
+        block.experts.down_proj.copy_(w2)
+        hf_out = block(x[None])[0]
+    logits = (x @ gate_w.T).to(device)
+    ours = fused_moe(x.to(device), w13.to(device), w2.to(device), logits, k)
+    assert_close(ours, hf_out, tol=tolerance(torch.float32))
+
+
+def test_fused_moe_routes_then_computes(gen, device, poison):
+    x, w13, w2, _, _, logits = make_problem(20, 8, 64, 96, 2, gen, device=device)
+    w, ids = topk_softmax(logits, 2)
+    assert_close(fused_moe(x, w13, w2, logits, 2), moe_reference(x, w13, w2, w, ids, fp64=True))
+    w, ids = topk_softmax(logits, 2, renormalize=False)
+    assert_close(
+        fused_moe(x, w13, w2, logits, 2, renormalize=False), moe_reference(x, w13, w2, w, ids, fp64=True)
+    )
+
+
+def test_empty_batch_returns_empty(gen, device):
+    x, w13, w2, w, ids, logits = make_problem(0, 8, 64, 96, 2, gen, device=device)
+    assert fused_experts(x, w13, w2, w, ids).shape == (0, 64)
+    assert fused_moe(x, w13, w2, logits, 2).shape == (0, 64)
+
+
+def test_default_config_is_valid_for_all_sizes():
+    for m in (1, 16, 33, 97, 513, 4096, 100000):
+        cfg = default_config(m, 8, 14336, 4096, 2)
+        for key in ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K"):
+            assert cfg[key] >= 16 and cfg[key] & (cfg[key] - 1) == 0
+    assert get_config(5, 8, 128, 64, 2, "cpu")["BLOCK_SIZE_M"] >= 16
+
+
+# ---- bad inputs ------------------------------------------------------------------------------------------
+def _args(gen):
+    x, w13, w2, w, ids, _ = make_problem(6, 4, 32, 16, 2, gen)
+    return dict(hidden_states=x, w13=w13, w2=w2, topk_weights=w, topk_ids=ids)
+
+
+@pytest.mark.parametrize(
+    "change,exc,match",
+    [
+        (lambda a: a.update(hidden_states=a["hidden_states"][:, :-1]), ValueError, "w13"),
+        (lambda a: a.update(w13=a["w13"][:, :-1]), ValueError, "w13"),
+        (lambda a: a.update(w2=a["w2"][:-1]), ValueError, "w2"),
+        (lambda a: a.update(w2=a["w2"][:, :-1]), ValueError, "w2"),
+        (lambda a: a.update(hidden_states=a["hidden_states"].double()), TypeError, "hidden_states"),
+        (lambda a: a.update(w2=a["w2"].half()), TypeError, "w2"),
+        (lambda a: a.update(topk_ids=a["topk_ids"] + 2), ValueError, "topk_ids"),
+        (lambda a: a.update(topk_ids=a["topk_ids"] - 3), ValueError, "topk_ids"),
+        (lambda a: a.update(topk_ids=a["topk_ids"][:, :1]), ValueError, "topk_weights"),
+        (lambda a: a.update(topk_ids=a["topk_ids"].float()), TypeError, "topk_ids"),
+        (lambda a: a.update(w13=torch.empty(4, 32, 32, device="meta")), ValueError, "w13"),
+        (lambda a: a.update(topk_ids=a["topk_ids"].to("meta")), ValueError, "topk_ids"),
+        (lambda a: a.update(config={"BLOCK_SIZE_M": 16}), ValueError, "config"),
+        (lambda a: a.update(config={**default_config(6, 4, 16, 32, 2), "BLOCK_SIZE_N": 24}), ValueError, "BLOCK_SIZE_N"),
+    ],
+)
+def test_bad_inputs(change, exc, match, gen):
+    args = _args(gen)
+    change(args)
+    with pytest.raises(exc, match=match):
+        fused_experts(**args)
+
+
+def test_bad_router_logits(gen):
+    a = _args(gen)
+    with pytest.raises(ValueError, match="top_k"):
+        fused_moe(a["hidden_states"], a["w13"], a["w2"], torch.randn(6, 4), 5)
+    with pytest.raises(ValueError, match="router_logits"):
+        fused_moe(a["hidden_states"], a["w13"], a["w2"], torch.randn(5, 4), 2)
+
+
+# ---- GPU grid (device machine) -------------------------------------------------------------------------
+GPU_GRID = [
+    (M, E, H, I, k)
+    for M in (1, 2, 7, 33, 64, 257, 1000)
+    for (E, k) in ((1, 1), (2, 2), (8, 2), (16, 4), (64, 4), (256, 2), (4, 4))
+    for (H, I) in ((96, 200), (511, 96))
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("M,E,H,I,k", GPU_GRID)
+def test_gpu_grid(M, E, H, I, k, dtype, gen, poison):
+    check(M, E, H, I, k, dtype, gen, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tp", [1, 2, 4, 8])
+@pytest.mark.parametrize("M", [1, 64, 1000])
+def test_gpu_mixtral_shapes_bf16(tp, M, gen, poison):
+    check(M, 8, 4096, 14336 // tp, 2, torch.bfloat16, gen, "cuda")
+
+
+@pytest.mark.gpu
+def test_gpu_int64_offsets_large_m(gen, poison):
+    # 100000 tokens x top-6 = 600000 rows of 4096: row offsets reach 2.4e9 > 2**31.
+    check(100_000, 8, 4096, 256, 6, torch.bfloat16, gen, "cuda")
+
+
+@pytest.mark.gpu
+def test_gpu_hf_block_bf16(gen):
+    from transformers import MixtralConfig
+    from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+
+    M, E, H, I, k = 300, 8, 1024, 2048, 2
+    x, w13, w2, _, _, _ = make_problem(M, E, H, I, k, gen, torch.bfloat16, "cuda")
+    block = MixtralSparseMoeBlock(
+        MixtralConfig(hidden_size=H, intermediate_size=I, num_local_experts=E, num_experts_per_tok=k)
+    ).to("cuda", torch.bfloat16).eval()
+    gate_w = (torch.randn(E, H, generator=gen) * 0.05).to("cuda", torch.bfloat16)
+    with torch.no_grad():
+        block.gate.weight.copy_(gate_w)
+        block.experts.gate_up_proj.copy_(w13)
+        block.experts.down_proj.copy_(w2)
+        hf_out = block(x[None])[0]
+        logits = x @ gate_w.T
+    w, ids = topk_softmax(logits, k)
+    oracle = moe_reference(x, w13, w2, w, ids, fp64=True)
+    ours = fused_moe(x, w13, w2, logits, k)
+    assert_close(ours, oracle, tol=tolerance(torch.bfloat16))
+    assert_close(hf_out, oracle, tol=tolerance(torch.bfloat16))

@@ -60,7 +60,6 @@ def measure_ceilings() -> dict[str, float]:
     src = torch.empty(n, dtype=torch.uint8, device="cuda").random_(0, 255)
     dst = torch.empty_like(src)
     copy_us = statistics.median(_time_events(lambda: dst.copy_(src)))
-    del src, dst
     size = 8192
     a = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
@@ -82,7 +81,8 @@ def floor_us(m: int, tp: int, ceilings: dict[str, float], shape: dict = MIXTRAL)
     flops = 2 * m * k * 3 * h * n
     mem = weight_bytes / (ceilings["copy_TBps"] * 1e12) * 1e6
     mma = flops / (ceilings["matmul_TFLOPs"] * 1e12) * 1e6
-    return {"weight_bytes": weight_bytes, "flops": flops, "memory_us": mem, "compute_us": mma, "floor_us": max(mem, mma)}
+    return {"weight_bytes": weight_bytes, "flops": flops, "memory_us": mem, "compute_us": mma,
+            "floor_us": max(mem, mma)}
 
 
 # ---- implementations: each maps (x, w13, w2, logits, top_k) -> (M, H) ------------------------------

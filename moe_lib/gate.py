@@ -45,7 +45,8 @@ class MoEGate(nn.Module):
                      device=self.weight.device)
         if hidden_states.dim() == 0 or hidden_states.shape[-1] != self.hidden_size:
             raise ValueError(
-                f"hidden_states must have last dim hidden_size={self.hidden_size}, got shape {tuple(hidden_states.shape)}"
+                f"hidden_states must have last dim hidden_size={self.hidden_size}, "
+                f"got shape {tuple(hidden_states.shape)}"
             )
         return nn.functional.linear(hidden_states.to(self.weight.dtype), self.weight)
 

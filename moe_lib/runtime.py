@@ -26,6 +26,24 @@ if not HAS_CUDA:
 #: True when kernels run in the Triton interpreter (set by us or by the user).
 INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
+
+def _check_triton_not_imported_for_the_compiler() -> None:
+    """Triton builds its own ``@jit`` helpers (``tl.max``, ``tl.sum``, ...) when ``triton.language`` is
+    first imported. If another package (transformers, say) imported it before the switch above, those
+    helpers were built for the compiler and every interpreted kernel would fail deep inside. Triton's
+    compiled extension cannot be imported twice, so say what to do instead.
+    """
+    language = sys.modules.get("triton.language")
+    if language is not None and type(language.standard.max).__name__ != "InterpretedFunction":
+        raise ImportError(
+            "triton was imported (probably by another package, e.g. transformers) before moe_lib could switch "
+            "it to its CPU interpreter. Import moe_lib first, or set TRITON_INTERPRET=1 before starting Python."
+        )
+
+
+if INTERPRET:
+    _check_triton_not_imported_for_the_compiler()
+
 import triton  # noqa: E402  (after the environment variable on purpose)
 
 
@@ -73,7 +91,15 @@ def format_report(report: dict[str, str] | None = None) -> str:
     return "\n".join(f"{key:<{width}} : {value}" for key, value in report.items())
 
 
-__all__ = ["HAS_CUDA", "INTERPRET", "quiet_interpreter", "default_device", "device_name", "environment_report", "format_report"]
+__all__ = [
+    "HAS_CUDA",
+    "INTERPRET",
+    "quiet_interpreter",
+    "default_device",
+    "device_name",
+    "environment_report",
+    "format_report",
+]
 
 if __name__ == "__main__":  # python -m moe_lib.runtime
     print(format_report())

@@ -76,7 +76,7 @@ w_gate = randn(cfg.num_experts, cfg.hidden_size, generator=gen, scale=0.15)  # (
 
 logits = x @ w_gate.T  # (M, E)
 probs = torch.softmax(logits.float(), dim=-1)  # (M, E)
-top_p, top_ids = probs.topk(cfg.top_k, dim=-1)  # (M, k)
+top_p, top_ids = probs.topk(cfg.top_k, dim=-1)  # (M, k)  (fine without ties; notebook 02 on ties)
 weights = top_p / top_p.sum(dim=-1, keepdim=True)  # (M, k): renormalized
 
 ref_weights, ref_ids = moe_lib.topk_softmax(logits, cfg.top_k)  # the library's routing

@@ -34,6 +34,8 @@
 
 # %%
 # %matplotlib inline
+import moe_lib  # first: without a GPU it switches Triton to its interpreter, before anything imports Triton
+
 import torch
 from transformers import MixtralConfig
 from transformers.models.mixtral.modeling_mixtral import MixtralTopKRouter

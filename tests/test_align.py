@@ -60,7 +60,7 @@ def test_layout(impl, M, E, k, block, gen, device, poison):
 def test_triton_equals_torch(M, E, k, block, gen, device, poison):
     ids = random_ids(M, E, k, gen, skew=True).to(device)
     ref = moe_align_block_size_torch(ids, block, E)
-    for r, g in zip(ref, moe_align_block_size(ids, block, E)):
+    for r, g in zip(ref, moe_align_block_size(ids, block, E), strict=True):
         assert torch.equal(r, g)
 
 
@@ -77,7 +77,7 @@ def test_expert_map_marks_remote_experts(impl, gen, device):
 def test_int64_ids_and_non_contiguous(gen, device):
     ids = random_ids(40, 8, 4, gen).to(device)[:, ::2]  # (40, 2) non-contiguous view
     ref = moe_align_block_size_torch(ids.contiguous(), 16, 8)
-    for r, g in zip(ref, moe_align_block_size(ids.long(), 16, 8)):
+    for r, g in zip(ref, moe_align_block_size(ids.long(), 16, 8), strict=True):
         assert torch.equal(r, g)
 
 

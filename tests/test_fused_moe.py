@@ -11,6 +11,7 @@ from moe_lib.kernels import fused_experts, fused_moe, get_config
 from moe_lib.kernels.fused_moe import default_config
 from moe_lib.reference import moe_reference
 from moe_lib.routing import topk_softmax
+from moe_lib.runtime import default_device
 from moe_lib.testing import assert_close, tolerance
 
 
@@ -67,8 +68,8 @@ def test_grid_half(M, E, H, I, k, dtype, gen, device, poison):
 @pytest.mark.parametrize(
     "config",
     [
-        {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 16, "GROUP_SIZE_M": 4, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_SIZE_M": 64, "BLOCK_SIZE_N": 16, "BLOCK_SIZE_K": 64, "GROUP_SIZE_M": 1, "num_warps": 4, "num_stages": 2},
+        dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=32, BLOCK_SIZE_K=16, GROUP_SIZE_M=4, num_warps=4, num_stages=2),
+        dict(BLOCK_SIZE_M=64, BLOCK_SIZE_N=16, BLOCK_SIZE_K=64, GROUP_SIZE_M=1, num_warps=4, num_stages=2),
     ],
 )
 def test_explicit_configs_and_group_swizzle(config, gen, device, poison):
@@ -148,7 +149,7 @@ def test_default_config_is_valid_for_all_sizes():
 
 # ---- bad inputs ------------------------------------------------------------------------------------------
 def _args(gen):
-    x, w13, w2, w, ids, _ = make_problem(6, 4, 32, 16, 2, gen)
+    x, w13, w2, w, ids, _ = make_problem(6, 4, 32, 16, 2, gen, device=default_device())
     return dict(hidden_states=x, w13=w13, w2=w2, topk_weights=w, topk_ids=ids)
 
 
@@ -168,7 +169,8 @@ def _args(gen):
         (lambda a: a.update(w13=torch.empty(4, 32, 32, device="meta")), ValueError, "w13"),
         (lambda a: a.update(topk_ids=a["topk_ids"].to("meta")), ValueError, "topk_ids"),
         (lambda a: a.update(config={"BLOCK_SIZE_M": 16}), ValueError, "config"),
-        (lambda a: a.update(config={**default_config(6, 4, 16, 32, 2), "BLOCK_SIZE_N": 24}), ValueError, "BLOCK_SIZE_N"),
+        (lambda a: a.update(config={**default_config(6, 4, 16, 32, 2), "BLOCK_SIZE_N": 24}), ValueError,
+         "BLOCK_SIZE_N"),
     ],
 )
 def test_bad_inputs(change, exc, match, gen):
@@ -180,10 +182,11 @@ def test_bad_inputs(change, exc, match, gen):
 
 def test_bad_router_logits(gen):
     a = _args(gen)
+    dev = default_device()
     with pytest.raises(ValueError, match="top_k"):
-        fused_moe(a["hidden_states"], a["w13"], a["w2"], torch.randn(6, 4), 5)
+        fused_moe(a["hidden_states"], a["w13"], a["w2"], torch.randn(6, 4, device=dev), 5)
     with pytest.raises(ValueError, match="router_logits"):
-        fused_moe(a["hidden_states"], a["w13"], a["w2"], torch.randn(5, 4), 2)
+        fused_moe(a["hidden_states"], a["w13"], a["w2"], torch.randn(5, 4, device=dev), 2)
 
 
 # ---- GPU grid (device machine) -------------------------------------------------------------------------

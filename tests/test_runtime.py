@@ -33,3 +33,12 @@ def test_import_sets_interpreter_before_kernels_in_a_fresh_process():
     expected = "JITFunction" if runtime.HAS_CUDA else "InterpretedFunction"
     assert out.stdout.strip() == expected
     assert out.stderr == ""
+
+
+def test_triton_imported_too_early_gives_a_clear_error():
+    if runtime.HAS_CUDA:
+        return  # only the interpreter cares about import order
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = "import triton.language\nimport moe_lib\n"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode != 0 and "Import moe_lib first" in out.stderr

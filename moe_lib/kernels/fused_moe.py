@@ -143,7 +143,7 @@ def config_file_name(num_experts: int, n: int, device_name: str) -> str:
     return f"E={num_experts},N={n},device_name={device_name.replace(' ', '_')}.json"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_config_table(num_experts: int, n: int, device_name: str) -> dict[int, dict] | None:
     """The tuned table {M: config} for this shape and device, or None."""
     path = CONFIG_DIR / config_file_name(num_experts, n, device_name)

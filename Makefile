@@ -30,8 +30,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -c "import matplotlib.pyplot"
 	touch $(STAMP)
 
+# Root (containers, this project's CI machines) needs jupyter's explicit consent.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
 lab: setup
-	$(VENV)/bin/jupyter lab --no-browser --ip=127.0.0.1 --port=$(PORT) \
+	$(VENV)/bin/jupyter lab --no-browser --ip=127.0.0.1 --port=$(PORT) $(ALLOW_ROOT) \
 	    --ServerApp.root_dir=notebooks --LabApp.default_url=/lab/tree/00_overview.ipynb
 
 test: setup

@@ -189,6 +189,51 @@ def time_steps(num_tokens: int = 8192, num_experts: int = 8, top_k: int = 2, blo
     return {"num_tokens": num_tokens, "num_experts": num_experts, "top_k": top_k, "block_size": block_size, **out}
 
 
+def graph_us(fn: Callable[[], object], repeats: int = 10, reps: int = 5) -> float:
+    """µs per call of `fn`, captured `repeats` times in one CUDA graph (no launch gaps), median replay."""
+    fn()  # compile / warm up outside the graph
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(repeats):
+            fn()
+    us = statistics.median(_time_events(graph.replay, reps=reps, warmup=1)) / repeats
+    del graph
+    return us
+
+
+def breakdown(tp: int, m: int, config: dict | None = None, repeats: int = 20) -> dict[str, float]:
+    """µs of each step of one layer call (each step alone in a CUDA graph of `repeats` launches)."""
+    from .kernels.align import moe_align_block_size
+    from .kernels.fused_moe import invoke_fused_moe_kernel, moe_sum, split_config
+
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    e, k, h = MIXTRAL["num_experts"], MIXTRAL["top_k"], MIXTRAL["hidden"]
+    w13, w2 = make_weights(tp, gen)
+    n = w2.shape[2]
+    config = config or get_config(m, e, n, h, k, "cuda")
+    config_up, config_down = split_config(config)
+    x = torch.randn(m, h, device="cuda", dtype=torch.bfloat16, generator=gen)
+    logits = torch.randn(m, e, device="cuda", dtype=torch.bfloat16, generator=gen)
+    weights, ids = topk_softmax_triton(logits, k)
+    routing = moe_align_block_size(ids, config_up["BLOCK_SIZE_M"], e)
+    flat_w = weights.reshape(-1)
+    act = torch.empty(m * k, n, device="cuda", dtype=torch.bfloat16)
+    partial = torch.empty(m * k, h, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty(m, h, device="cuda", dtype=torch.bfloat16)
+    steps = {
+        "routing": lambda: topk_softmax_triton(logits, k),
+        "align": lambda: moe_align_block_size(ids, config_up["BLOCK_SIZE_M"], e),
+        "gemm1": lambda: invoke_fused_moe_kernel(x, w13, act, flat_w, *routing, a_rows_div=k, gated=True,
+                                                 mul_routed_weight=False, config=config_up),
+        "gemm2": lambda: invoke_fused_moe_kernel(act, w2, partial, flat_w, *routing, a_rows_div=1, gated=False,
+                                                 mul_routed_weight=True, config=config_down),
+        "sum_k": lambda: moe_sum(partial.view(m, k, h), out),
+        "layer": lambda: layer_moe_lib(x, w13, w2, logits, k, config),
+    }
+    return {name: graph_us(fn, repeats, reps=10) for name, fn in steps.items()}
+
+
 def make_weights(tp: int, gen: torch.Generator, shape: dict = MIXTRAL):
     e, h, n = shape["num_experts"], shape["hidden"], shape["intermediate"] // tp
     w13 = torch.randn(e, 2 * n, h, device="cuda", dtype=torch.bfloat16, generator=gen).mul_(h**-0.5)
@@ -267,7 +312,16 @@ def main(argv=None) -> None:
     p.add_argument("--calls", type=int, default=10)
     p.add_argument("--replays", type=int, default=20)
     p.add_argument("--out", default=None, help="JSON path (default: data/bench/<gpu name>.json)")
+    p.add_argument("--breakdown", action="store_true", help="time each step of the layer at each (tp, M) instead")
     a = p.parse_args(argv)
+    if a.breakdown:
+        names = ("routing", "align", "gemm1", "gemm2", "sum_k", "layer")
+        print(f"{'tp':>3} {'M':>5}  " + "  ".join(f"{name:>8}" for name in names))
+        for tp in a.tp:
+            for m in a.m:
+                r = breakdown(tp, m)
+                print(f"{tp:>3} {m:>5}  " + "  ".join(f"{v:8.1f}" for v in r.values()), flush=True)
+        return
     run(a.tp, a.m, a.impl, a.calls, a.replays, a.out)
 
 

@@ -3,10 +3,11 @@
     python -m moe_lib.tune                       # Mixtral: N = 14336/tp for tp in 1 2 4 8
     python -m moe_lib.tune --tp 8 --m 1 16 64
 
-For each (N, M) every candidate config is timed on ``fused_experts`` (alignment + both GEMMs + the sum
-over k; routing is fixed) inside a CUDA graph, and the fastest is kept. The table goes to
-``moe_lib/kernels/configs/E=<E>,N=<N>,device_name=<gpu>.json``, mapping M to a config; ``get_config``
-then picks the nearest M.
+For each (N, M) and each BLOCK_SIZE_M (shared by both GEMMs, since they walk the same aligned blocks),
+GEMM1 (x w13, gate and up) and GEMM2 (x w2) are timed *separately* over their candidates, each alone in
+a CUDA graph; the BLOCK_SIZE_M whose alignment + best GEMM1 + best GEMM2 is fastest wins. The table
+goes to ``moe_lib/kernels/configs/E=<E>,N=<N>,device_name=<gpu>.json`` mapping M to a config whose
+``"down"`` entry holds GEMM2's own tile sizes; ``get_config`` picks the nearest M.
 """
 
 from __future__ import annotations
@@ -14,50 +15,81 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import statistics
 
 import torch
 
 from . import runtime
-from .bench import MIXTRAL, _time_events, make_weights
-from .kernels.fused_moe import CONFIG_DIR, config_file_name, fused_experts, load_config_table
+from .bench import MIXTRAL, graph_us, make_weights
+from .kernels.align import moe_align_block_size
+from .kernels.fused_moe import CONFIG_DIR, config_file_name, invoke_fused_moe_kernel, load_config_table
 from .routing import topk_softmax_triton
 
 TUNE_M = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+SMEM_BYTES = 227 * 1024  # an H100 block's shared memory
 
 
-def candidates(m: int) -> list[dict]:
-    """The search space, narrowed by M: small M is bandwidth-bound (skinny tiles, deep K), large M is
-    compute-bound (big tiles, more warps)."""
-    if m <= 64:
-        space = dict(BLOCK_SIZE_M=[16], BLOCK_SIZE_N=[32, 64, 128], BLOCK_SIZE_K=[128, 256],
-                     GROUP_SIZE_M=[1], num_warps=[4], num_stages=[3, 4, 5])
-    elif m <= 512:
-        space = dict(BLOCK_SIZE_M=[16, 32, 64], BLOCK_SIZE_N=[64, 128], BLOCK_SIZE_K=[64, 128],
-                     GROUP_SIZE_M=[1], num_warps=[4, 8], num_stages=[3, 4])
+def block_m_choices(m: int) -> tuple[int, ...]:
+    return (16,) if m <= 32 else (16, 32, 64) if m <= 256 else (64, 128)
+
+
+def candidates(m: int, block_m: int, gated: bool) -> list[dict]:
+    """Tile shapes to try for one GEMM. Small M is bandwidth-bound (skinny tiles, deep K, deep pipelines);
+    large M is compute-bound (big tiles, 8 warps, grouped launch order for L2 reuse)."""
+    if m <= 32:
+        space = dict(BLOCK_SIZE_N=[16, 32, 64], BLOCK_SIZE_K=[128, 256], GROUP_SIZE_M=[1], num_warps=[4],
+                     num_stages=[3, 4, 5])
+    elif m <= 256:
+        space = dict(BLOCK_SIZE_N=[64, 128], BLOCK_SIZE_K=[64, 128], GROUP_SIZE_M=[1],
+                     num_warps=[4, 8] if block_m == 64 else [4], num_stages=[3])
     else:
-        space = dict(BLOCK_SIZE_M=[64, 128], BLOCK_SIZE_N=[64, 128, 256], BLOCK_SIZE_K=[64],
-                     GROUP_SIZE_M=[1, 16], num_warps=[4, 8], num_stages=[3, 4])
-    keys = list(space)
-    configs = [dict(zip(keys, values, strict=True)) for values in itertools.product(*space.values())]
-    # Two fp32 accumulators of BLOCK_M x BLOCK_N (gate and up) must fit in registers.
-    return [c for c in configs if c["BLOCK_SIZE_M"] * c["BLOCK_SIZE_N"] <= 128 * 128]
+        space = dict(BLOCK_SIZE_N=[128, 256], BLOCK_SIZE_K=[64], GROUP_SIZE_M=[1, 16], num_warps=[8],
+                     num_stages=[3, 4])
+    out = []
+    for values in itertools.product(*space.values()):
+        cfg = {"BLOCK_SIZE_M": block_m, **dict(zip(space, values, strict=True))}
+        b_tiles = 2 if gated else 1  # gate and up tiles
+        # fp32 accumulators must fit in registers; the pipelined tiles in shared memory.
+        if cfg["BLOCK_SIZE_N"] * block_m * b_tiles > 128 * 256:
+            continue
+        smem = cfg["num_stages"] * cfg["BLOCK_SIZE_K"] * (block_m + b_tiles * cfg["BLOCK_SIZE_N"]) * 2
+        if smem > SMEM_BYTES:
+            continue
+        out.append(cfg)
+    return out
 
 
-def time_config(x, w13, w2, weights, ids, config, calls=10, replays=10) -> float:
-    """µs per fused_experts call with this config (CUDA graph of `calls` calls, median replay)."""
-    def step():
-        fused_experts(x, w13, w2, weights, ids, config=config, check_ids=False)
+def _best(run_one, configs: list[dict]) -> tuple[float, dict]:
+    results = []
+    for cfg in configs:
+        try:
+            results.append((graph_us(lambda c=cfg: run_one(c)), cfg))
+        except Exception as exc:  # a candidate that does not compile or launch is skipped
+            print(f"  skip {cfg}: {type(exc).__name__}")
+    return min(results, key=lambda r: r[0])
 
-    step()  # compile
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            step()
-    us = statistics.median(_time_events(graph.replay, reps=replays, warmup=2)) / calls
-    del graph
-    return us
+
+def tune_point(x, w13, w2, weights, ids, num_experts: int, top_k: int) -> tuple[float, dict]:
+    """The best config for one (weights, M), and the µs of alignment + GEMM1 + GEMM2 with it."""
+    m, h = x.shape
+    n = w2.shape[2]
+    act = torch.empty(m * top_k, n, device=x.device, dtype=x.dtype)
+    partial = torch.empty(m * top_k, h, device=x.device, dtype=x.dtype)
+    flat_w = weights.reshape(-1)
+    best = None
+    for block_m in block_m_choices(m):
+        routing = moe_align_block_size(ids, block_m, num_experts)
+        align_us = graph_us(lambda bm=block_m: moe_align_block_size(ids, bm, num_experts))
+        up_us, up = _best(lambda c, r=routing: invoke_fused_moe_kernel(
+            x, w13, act, flat_w, *r, a_rows_div=top_k, gated=True, mul_routed_weight=False, config=c),
+            candidates(m, block_m, gated=True))
+        down_us, down = _best(lambda c, r=routing: invoke_fused_moe_kernel(
+            act, w2, partial, flat_w, *r, a_rows_div=1, gated=False, mul_routed_weight=True, config=c),
+            candidates(m, block_m, gated=False))
+        total = align_us + up_us + down_us
+        if best is None or total < best[0]:
+            down_overrides = {key: v for key, v in down.items() if key != "BLOCK_SIZE_M"}
+            best = (total, {**up, "down": down_overrides})
+    return best
 
 
 def tune(tps=(1, 2, 4, 8), ms=TUNE_M, verbose=True) -> dict[int, dict]:
@@ -70,29 +102,22 @@ def tune(tps=(1, 2, 4, 8), ms=TUNE_M, verbose=True) -> dict[int, dict]:
     for tp in tps:
         w13, w2 = make_weights(tp, gen)
         n = w2.shape[2]
-        table = {}
+        path = CONFIG_DIR / config_file_name(e, n, name)
+        # Re-tuning some M keeps the other rows of an existing table.
+        table = {int(m): c for m, c in json.loads(path.read_text()).items()} if path.exists() else {}
         for m in ms:
             x = torch.randn(m, h, device="cuda", dtype=torch.bfloat16, generator=gen)
             logits = torch.randn(m, e, device="cuda", generator=gen)
             weights, ids = topk_softmax_triton(logits, k)
-            results = []
-            for cfg in candidates(m):
-                try:
-                    results.append((time_config(x, w13, w2, weights, ids, cfg), cfg))
-                except Exception as exc:  # e.g. out of shared memory: skip this candidate
-                    if verbose:
-                        print(f"  skip {cfg}: {type(exc).__name__}")
-            best_us, best = min(results, key=lambda r: r[0])
-            table[m] = best
+            us, table[m] = tune_point(x, w13, w2, weights, ids, e, k)
             if verbose:
-                print(f"tp={tp} N={n} M={m:>5}: {best_us:8.1f} us  {best}", flush=True)
-        path = CONFIG_DIR / config_file_name(e, n, name)
+                print(f"tp={tp} N={n} M={m:>5}: {us:8.1f} us  {table[m]}", flush=True)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({str(m): c for m, c in table.items()}, indent=1) + "\n")
+        path.write_text(json.dumps({str(m): table[m] for m in sorted(table)}, indent=1) + "\n")
         load_config_table.cache_clear()
         written[n] = table
         if verbose:
-            print(f"wrote {path.name}")
+            print(f"wrote {path.name}", flush=True)
         del w13, w2
         torch.cuda.empty_cache()
     return written

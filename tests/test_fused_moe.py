@@ -76,6 +76,12 @@ def test_explicit_configs_and_group_swizzle(config, gen, device, poison):
     check(50, 8, 72, 40, 2, torch.float32, gen, device, config=config)
 
 
+def test_separate_down_config(gen, device, poison):
+    config = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=32, BLOCK_SIZE_K=32, GROUP_SIZE_M=1, num_warps=4, num_stages=2,
+                  down=dict(BLOCK_SIZE_N=64, BLOCK_SIZE_K=16, GROUP_SIZE_M=2))
+    check(40, 8, 96, 72, 2, torch.float32, gen, device, config=config)
+
+
 def test_expert_map_half_local(gen, device, poison):
     M, E, H, I, k = 60, 8, 64, 96, 2
     x, w13, w2, w, ids, _ = make_problem(M, E, H, I, k, gen, device=device)
@@ -169,6 +175,10 @@ def _args(gen):
         (lambda a: a.update(w13=torch.empty(4, 32, 32, device="meta")), ValueError, "w13"),
         (lambda a: a.update(topk_ids=a["topk_ids"].to("meta")), ValueError, "topk_ids"),
         (lambda a: a.update(config={"BLOCK_SIZE_M": 16}), ValueError, "config"),
+        (lambda a: a.update(config={**default_config(6, 4, 16, 32, 2), "down": {"BLOCK_SIZE_M": 32}}), ValueError,
+         "down"),
+        (lambda a: a.update(config={**default_config(6, 4, 16, 32, 2), "down": {"BLOCK_SIZE_K": 8}}), ValueError,
+         "down"),
         (lambda a: a.update(config={**default_config(6, 4, 16, 32, 2), "BLOCK_SIZE_N": 24}), ValueError,
          "BLOCK_SIZE_N"),
     ],
@@ -240,3 +250,13 @@ def test_gpu_hf_block_bf16(gen):
     ours = fused_moe(x, w13, w2, logits, k)
     assert_close(ours, oracle, tol=tolerance(torch.bfloat16))
     assert_close(hf_out, oracle, tol=tolerance(torch.bfloat16))
+
+
+@pytest.mark.parametrize("M,k,H", [(1, 2, 64), (33, 3, 200), (257, 4, 511), (5, 1, 96)])
+def test_moe_sum(M, k, H, gen, device, poison):
+    from moe_lib._alloc import empty
+    from moe_lib.kernels.fused_moe import moe_sum
+
+    partial = torch.randn(M, k, H, generator=gen).to(device)
+    out = moe_sum(partial, empty(M, H, dtype=torch.float32, device=device))
+    assert_close(out, partial.double().sum(1), tol=1e-6)

@@ -204,7 +204,8 @@ def moe_align_block_size(
     num_tokens_post_padded = empty(1, dtype=torch.int32, device=device)
 
     e_pad = triton.next_power_of_2(num_experts)
-    chunk = _chunk_size(e_pad)
+    # Few ids (decode): a chunk just big enough, so the single program does little work.
+    chunk = min(_chunk_size(e_pad), max(16, triton.next_power_of_2(numel)))
     num_chunks = max(1, triton.cdiv(numel, chunk))
     single = num_chunks == 1
     if single:

@@ -132,6 +132,47 @@ def fused_moe_kernel(
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
 
 
+@triton.jit
+def moe_sum_kernel(
+    # Pointers: partial (M, TOP_K, H) expert outputs, out (M, H)
+    partial_ptr, out_ptr,
+    # Sizes
+    M, H,
+    # Strides
+    stride_pm, stride_pk, stride_ph, stride_om, stride_oh,
+    # Meta-parameters
+    TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    """out[t] = sum over j of partial[t, j], in fp32, slots in order (deterministic)."""
+    pid_m = tl.program_id(axis=0)
+    pid_h = tl.program_id(axis=1)
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask = (offs_m[:, None] < M) & (offs_h[None, :] < H)
+    ptrs = partial_ptr + offs_m[:, None] * stride_pm + offs_h[None, :] * stride_ph
+    acc = tl.zeros((BLOCK_M, BLOCK_H), dtype=tl.float32)
+    for j in tl.static_range(TOP_K):
+        acc += tl.load(ptrs + j * stride_pk, mask=mask, other=0.0).to(tl.float32)
+    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_h[None, :] * stride_oh
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def moe_sum(partial: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """(M, k, H) -> out (M, H): the sum over each token's k expert outputs."""
+    num_tokens, top_k, hidden = partial.shape
+    # One pass over memory: ~4K values per program on a GPU, a few big programs in the interpreter.
+    block_h = min(triton.next_power_of_2(hidden), 8192 if runtime.INTERPRET else 1024)
+    block_m = min(triton.next_power_of_2(num_tokens), max(1, (65536 if runtime.INTERPRET else 4096) // block_h))
+    grid = (triton.cdiv(num_tokens, block_m), triton.cdiv(hidden, block_h))
+    with runtime.quiet_interpreter():
+        moe_sum_kernel[grid](
+            partial, out, num_tokens, hidden,
+            partial.stride(0), partial.stride(1), partial.stride(2), out.stride(0), out.stride(1),
+            TOP_K=top_k, BLOCK_M=block_m, BLOCK_H=block_h, num_warps=4,
+        )
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------
 # Configurations: a tuned table per (E, N, device) when one exists, else a heuristic
 # ----------------------------------------------------------------------------------------------------
@@ -151,9 +192,10 @@ def load_config_table(num_experts: int, n: int, device_name: str) -> dict[int, d
         return None
     table = {int(m): cfg for m, cfg in json.loads(path.read_text()).items()}
     for m, cfg in table.items():
-        missing = set(CONFIG_KEYS) - set(cfg)
-        if missing:
-            raise ValueError(f"{path.name}: config for M={m} lacks {sorted(missing)}")
+        try:
+            split_config(cfg)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path.name}: config for M={m}: {exc}") from None
     return table
 
 
@@ -191,17 +233,25 @@ def get_config(num_tokens: int, num_experts: int, n: int, hidden: int, top_k: in
     return default_config(num_tokens, num_experts, n, hidden, top_k)
 
 
-def _check_config(config: dict) -> dict:
+def split_config(config: dict) -> tuple[dict, dict]:
+    """(GEMM1 config, GEMM2 config). A config may carry ``"down"``: overrides for GEMM2 (x w2), which has
+    another shape than GEMM1 (N = H instead of I, no gate/up pair). BLOCK_SIZE_M is shared: both GEMMs
+    walk the same aligned blocks."""
     if not isinstance(config, dict):
         raise TypeError(f"config must be a dict, got {type(config).__name__}")
-    missing = set(CONFIG_KEYS) - set(config)
-    if missing:
-        raise ValueError(f"config lacks {sorted(missing)}")
-    for key in ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K"):
-        v = config[key]
-        if not isinstance(v, int) or v < 16 or v & (v - 1):
-            raise ValueError(f"config[{key!r}] must be a power of two >= 16, got {v!r}")
-    return config
+    down = config.get("down", {})
+    if not isinstance(down, dict) or "BLOCK_SIZE_M" in down:
+        raise ValueError("config['down'] must be a dict of GEMM2 overrides without BLOCK_SIZE_M")
+    up = {key: config[key] for key in CONFIG_KEYS if key in config}
+    for name, cfg in (("config", up), ("config['down']", {**up, **down})):
+        missing = set(CONFIG_KEYS) - set(cfg)
+        if missing:
+            raise ValueError(f"{name} lacks {sorted(missing)}")
+        for key in ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K"):
+            v = cfg[key]
+            if not isinstance(v, int) or v < 16 or v & (v - 1):
+                raise ValueError(f"{name}[{key!r}] must be a power of two >= 16, got {v!r}")
+    return up, {**up, **down}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -268,7 +318,8 @@ def fused_experts(
         w2: (E, H, I) per expert, same dtype; any strides.
         topk_weights: (M, k) routing weights; topk_ids: (M, k) expert ids (global ids if expert_map).
         expert_map: optional (E_global,) global -> local expert id, -1 for experts on other ranks.
-        config: kernel configuration (see CONFIG_KEYS); default: tuned table or heuristic.
+        config: kernel configuration (CONFIG_KEYS, optionally "down": GEMM2 overrides); default: the tuned
+            table for this shape and GPU, else a heuristic.
         check_ids: verify on the host that ids lie in [0, E) (one device sync; turn off when capturing a
             CUDA graph — out-of-range ids are then skipped by the alignment, never read out of bounds).
 
@@ -291,26 +342,29 @@ def fused_experts(
     out = empty(num_tokens, hidden, dtype=hidden_states.dtype, device=hidden_states.device)
     if num_tokens == 0:
         return out
-    config = _check_config(
+    config_up, config_down = split_config(
         config if config is not None
         else get_config(num_tokens, num_global, inter, hidden, top_k, hidden_states.device)
     )
 
     sorted_token_ids, expert_ids, num_tokens_post_padded = moe_align_block_size(
-        topk_ids, config["BLOCK_SIZE_M"], num_global, expert_map
+        topk_ids, config_up["BLOCK_SIZE_M"], num_global, expert_map
     )
     weights = topk_weights.reshape(-1).to(torch.float32)  # (M * k,) indexed by flat id
     act = empty(num_tokens * top_k, inter, dtype=hidden_states.dtype, device=hidden_states.device)
-    partial = empty(num_tokens * top_k, hidden, dtype=hidden_states.dtype, device=hidden_states.device)
+    # With one expert per token GEMM2 writes the output directly; otherwise one row per (token, slot).
+    partial = out if top_k == 1 else empty(num_tokens * top_k, hidden, dtype=out.dtype, device=out.device)
     routing = (weights, sorted_token_ids, expert_ids, num_tokens_post_padded)
     # GEMM1 + SiLU-and-mul: act = silu(x @ w1[e].T) * (x @ w3[e].T), one row per (token, slot).
     invoke_fused_moe_kernel(hidden_states, w13, act, *routing,
-                            a_rows_div=top_k, gated=True, mul_routed_weight=False, config=config)
+                            a_rows_div=top_k, gated=True, mul_routed_weight=False, config=config_up)
     # GEMM2, times the routing weight: partial = weight * act @ w2[e].T.
     invoke_fused_moe_kernel(act, w2, partial, *routing,
-                            a_rows_div=1, gated=False, mul_routed_weight=True, config=config)
+                            a_rows_div=1, gated=False, mul_routed_weight=True, config=config_down)
     # Sum over the k experts of each token.
-    return torch.sum(partial.view(num_tokens, top_k, hidden), dim=1, out=out)
+    if top_k == 1:
+        return out
+    return moe_sum(partial.view(num_tokens, top_k, hidden), out)
 
 
 def fused_moe(
@@ -342,10 +396,12 @@ __all__ = [
     "invoke_fused_moe_kernel",
     "fused_experts",
     "fused_moe",
+    "moe_sum",
     "get_config",
     "default_config",
     "load_config_table",
     "config_file_name",
     "CONFIG_KEYS",
+    "split_config",
     "FLOAT_DTYPES",
 ]

@@ -228,7 +228,7 @@ def breakdown(tp: int, m: int, config: dict | None = None, repeats: int = 20) ->
                                                  mul_routed_weight=False, config=config_up),
         "gemm2": lambda: invoke_fused_moe_kernel(act, w2, partial, flat_w, *routing, a_rows_div=1, gated=False,
                                                  mul_routed_weight=True, config=config_down),
-        "sum_k": lambda: moe_sum(partial.view(m, k, h), out),
+        "sum_k": lambda: moe_sum(partial.view(m, k, h), out, ids, e),
         "layer": lambda: layer_moe_lib(x, w13, w2, logits, k, config),
     }
     return {name: graph_us(fn, repeats, reps=10) for name, fn in steps.items()}

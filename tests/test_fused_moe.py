@@ -258,5 +258,37 @@ def test_moe_sum(M, k, H, gen, device, poison):
     from moe_lib.kernels.fused_moe import moe_sum
 
     partial = torch.randn(M, k, H, generator=gen).to(device)
-    out = moe_sum(partial, empty(M, H, dtype=torch.float32, device=device))
+    ids = torch.randint(0, 8, (M, k), generator=gen, dtype=torch.int32).to(device)
+    out = moe_sum(partial, empty(M, H, dtype=torch.float32, device=device), ids, 8)
     assert_close(out, partial.double().sum(1), tol=1e-6)
+    ids[0, 0] = 8  # an id outside [0, 8): that slot is dropped
+    out = moe_sum(partial, empty(M, H, dtype=torch.float32, device=device), ids, 8)
+    ref = partial.double().sum(1)
+    ref[0] -= partial[0, 0].double()
+    assert_close(out, ref, tol=1e-6)
+
+
+def test_decode_layout_equals_alignment_result(gen, device, poison):
+    from moe_lib.kernels.fused_moe import decode_layout
+
+    for k in (1, 2, 4):
+        x, w13, w2, w, ids, _ = make_problem(1, 8, 64, 96, k, gen, device=device)
+        sorted_ids, expert_ids, total = decode_layout(ids, 16)
+        assert sorted_ids.tolist()[::16] == list(range(k)) and (sorted_ids.view(k, 16)[:, 1:] == k).all()
+        assert expert_ids.tolist() == ids.flatten().tolist() and total.item() == 16 * k
+        assert_close(fused_experts(x, w13, w2, w, ids), moe_reference(x, w13, w2, w, ids, fp64=True))
+
+
+def test_unchecked_out_of_range_ids_never_read_out_of_bounds(gen, device, poison):
+    # check_ids=False skips the host check (for CUDA graphs): a bad id must give zeros, not garbage.
+    for M, k in ((1, 2), (9, 2), (9, 1)):
+        x, w13, w2, w, ids, _ = make_problem(M, 4, 32, 48, k, gen, device=device)
+        bad = ids.clone()
+        bad[0, 0] = 7 if M > 1 else -5
+        out = fused_experts(x, w13, w2, w, bad, check_ids=False)
+        assert torch.isfinite(out).all()
+        keep = bad.clone()
+        keep[0, 0] = 0
+        w_zero = w.clone()
+        w_zero[0, 0] = 0.0  # the bad slot contributes nothing
+        assert_close(out, moe_reference(x, w13, w2, w_zero, keep, fp64=True))

@@ -41,8 +41,8 @@ def fused_moe_kernel(
     # Pointers to routing data: topk_weights (M * top_k,) fp32, and the alignment's three outputs
     topk_weights_ptr, sorted_token_ids_ptr, expert_ids_ptr, num_tokens_post_padded_ptr,
     # Matrix dimensions: N columns of C, K the reduction, EM = len(sorted_token_ids),
-    # num_valid_tokens = M * top_k (larger ids are padding)
-    N, K, EM, num_valid_tokens,
+    # num_valid_tokens = M * top_k (larger ids are padding), num_experts = experts in B
+    N, K, EM, num_valid_tokens, num_experts,
     # Strides: how far to step in memory to move by one along each dimension
     stride_am, stride_ak,
     stride_be, stride_bn, stride_bk,
@@ -85,9 +85,10 @@ def fused_moe_kernel(
     c_ptrs = c_ptr + flat_ids[:, None] * stride_cm + offs_cn[None, :] * stride_cn
     c_mask = row_mask[:, None] & col_mask[None, :]
 
-    # An expert that lives on another rank (-1) contributes zeros here.
+    # An expert that lives on another rank (-1) contributes zeros here; so does an id that is not an
+    # expert of B at all (never read out of bounds, whatever the caller passed).
     expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-    if expert == -1:
+    if (expert < 0) | (expert >= num_experts):
         tl.store(c_ptrs, tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=c_ptr.dtype.element_ty), mask=c_mask)
         return
 
@@ -134,16 +135,17 @@ def fused_moe_kernel(
 
 @triton.jit
 def moe_sum_kernel(
-    # Pointers: partial (M, TOP_K, H) expert outputs, out (M, H)
-    partial_ptr, out_ptr,
+    # Pointers: partial (M, TOP_K, H) expert outputs, out (M, H), topk_ids (M, TOP_K) contiguous
+    partial_ptr, out_ptr, topk_ids_ptr,
     # Sizes
-    M, H,
+    M, H, num_experts,
     # Strides
     stride_pm, stride_pk, stride_ph, stride_om, stride_oh,
     # Meta-parameters
     TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
-    """out[t] = sum over j of partial[t, j], in fp32, slots in order (deterministic)."""
+    """out[t] = sum over j of partial[t, j], in fp32, slots in order (deterministic). A slot whose expert
+    id is not in [0, num_experts) was never computed (alignment drops it): it counts as zero."""
     pid_m = tl.program_id(axis=0)
     pid_h = tl.program_id(axis=1)
     offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
@@ -152,21 +154,25 @@ def moe_sum_kernel(
     ptrs = partial_ptr + offs_m[:, None] * stride_pm + offs_h[None, :] * stride_ph
     acc = tl.zeros((BLOCK_M, BLOCK_H), dtype=tl.float32)
     for j in tl.static_range(TOP_K):
-        acc += tl.load(ptrs + j * stride_pk, mask=mask, other=0.0).to(tl.float32)
+        expert = tl.load(topk_ids_ptr + offs_m * TOP_K + j, mask=offs_m < M, other=-1)  # (BLOCK_M,)
+        valid = (expert >= 0) & (expert < num_experts)
+        acc += tl.load(ptrs + j * stride_pk, mask=mask & valid[:, None], other=0.0).to(tl.float32)
     out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_h[None, :] * stride_oh
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def moe_sum(partial: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """(M, k, H) -> out (M, H): the sum over each token's k expert outputs."""
+def moe_sum(partial: torch.Tensor, out: torch.Tensor, topk_ids: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """(M, k, H) -> out (M, H): the sum over each token's k expert outputs (slots with an id outside
+    [0, num_experts) count as zero)."""
     num_tokens, top_k, hidden = partial.shape
+    topk_ids = topk_ids.contiguous()
     # One pass over memory: ~4K values per program on a GPU, a few big programs in the interpreter.
     block_h = min(triton.next_power_of_2(hidden), 8192 if runtime.INTERPRET else 1024)
     block_m = min(triton.next_power_of_2(num_tokens), max(1, (65536 if runtime.INTERPRET else 4096) // block_h))
     grid = (triton.cdiv(num_tokens, block_m), triton.cdiv(hidden, block_h))
     with runtime.quiet_interpreter():
         moe_sum_kernel[grid](
-            partial, out, num_tokens, hidden,
+            partial, out, topk_ids, num_tokens, hidden, num_experts,
             partial.stride(0), partial.stride(1), partial.stride(2), out.stride(0), out.stride(1),
             TOP_K=top_k, BLOCK_M=block_m, BLOCK_H=block_h, num_warps=4,
         )
@@ -281,7 +287,7 @@ def invoke_fused_moe_kernel(
         fused_moe_kernel[grid](
             a, b, c,
             topk_weights, sorted_token_ids, expert_ids, num_tokens_post_padded,
-            n, k, em, c.shape[0],
+            n, k, em, c.shape[0], b.shape[0],
             a.stride(0), a.stride(1),
             b.stride(0), b.stride(1), b.stride(2),
             c.stride(0), c.stride(1),
@@ -297,6 +303,30 @@ def invoke_fused_moe_kernel(
             num_warps=config["num_warps"],
             num_stages=config["num_stages"],
         )
+
+
+_DECODE_LAYOUTS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def decode_layout(topk_ids: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Alignment without the alignment kernel, for one token: its k slots get one block each.
+
+    A single token's k experts are distinct, so "sorting by expert" is just giving slot j block j:
+    sorted_token_ids = [0, pad.., 1, pad.., ...], expert_ids = topk_ids itself, a constant padded total.
+    Saves a launch on the decode path. The constant part is cached per (k, block, device); None (use the
+    kernel) when it is not cached yet and a CUDA graph is being captured.
+    """
+    top_k = topk_ids.shape[1]
+    key = (top_k, block_size, topk_ids.device)
+    if key not in _DECODE_LAYOUTS:
+        if topk_ids.is_cuda and torch.cuda.is_current_stream_capturing():
+            return None
+        sorted_ids = torch.full((top_k * block_size,), top_k, dtype=torch.int32, device=topk_ids.device)
+        sorted_ids[::block_size] = torch.arange(top_k, dtype=torch.int32, device=topk_ids.device)
+        total = torch.tensor([top_k * block_size], dtype=torch.int32, device=topk_ids.device)
+        _DECODE_LAYOUTS[key] = (sorted_ids, total)
+    sorted_ids, total = _DECODE_LAYOUTS[key]
+    return sorted_ids, topk_ids.reshape(-1).to(torch.int32), total
 
 
 def fused_experts(
@@ -347,13 +377,18 @@ def fused_experts(
         else get_config(num_tokens, num_global, inter, hidden, top_k, hidden_states.device)
     )
 
-    sorted_token_ids, expert_ids, num_tokens_post_padded = moe_align_block_size(
-        topk_ids, config_up["BLOCK_SIZE_M"], num_global, expert_map
-    )
+    layout = None
+    if num_tokens == 1 and expert_map is None:
+        layout = decode_layout(topk_ids, config_up["BLOCK_SIZE_M"])
+    if layout is None:
+        layout = moe_align_block_size(topk_ids, config_up["BLOCK_SIZE_M"], num_global, expert_map)
+    sorted_token_ids, expert_ids, num_tokens_post_padded = layout
     weights = topk_weights.reshape(-1).to(torch.float32)  # (M * k,) indexed by flat id
     act = empty(num_tokens * top_k, inter, dtype=hidden_states.dtype, device=hidden_states.device)
-    # With one expert per token GEMM2 writes the output directly; otherwise one row per (token, slot).
-    partial = out if top_k == 1 else empty(num_tokens * top_k, hidden, dtype=out.dtype, device=out.device)
+    # With one (validated) expert per token GEMM2 writes the output directly; otherwise one row per
+    # (token, slot), summed below.
+    direct = top_k == 1 and check_ids
+    partial = out if direct else empty(num_tokens * top_k, hidden, dtype=out.dtype, device=out.device)
     routing = (weights, sorted_token_ids, expert_ids, num_tokens_post_padded)
     # GEMM1 + SiLU-and-mul: act = silu(x @ w1[e].T) * (x @ w3[e].T), one row per (token, slot).
     invoke_fused_moe_kernel(hidden_states, w13, act, *routing,
@@ -362,9 +397,9 @@ def fused_experts(
     invoke_fused_moe_kernel(act, w2, partial, *routing,
                             a_rows_div=1, gated=False, mul_routed_weight=True, config=config_down)
     # Sum over the k experts of each token.
-    if top_k == 1:
+    if direct:
         return out
-    return moe_sum(partial.view(num_tokens, top_k, hidden), out)
+    return moe_sum(partial.view(num_tokens, top_k, hidden), out, topk_ids, num_global)
 
 
 def fused_moe(

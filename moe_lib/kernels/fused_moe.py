@@ -205,9 +205,12 @@ def load_config_table(num_experts: int, n: int, device_name: str) -> dict[int, d
     return table
 
 
-def default_config(num_tokens: int, num_experts: int, n: int, k: int, top_k: int) -> dict:
-    """A sound configuration for any shape (used when no tuned table exists)."""
-    if runtime.INTERPRET:
+def default_config(
+    num_tokens: int, num_experts: int, n: int, k: int, top_k: int, *, interpret: bool | None = None
+) -> dict:
+    """A sound configuration for any shape (used when no tuned table exists). ``interpret`` picks the
+    interpreter's or the GPU's branch (default: where kernels run now)."""
+    if runtime.INTERPRET if interpret is None else interpret:
         # Each program is a round of numpy calls: few, large tiles keep notebooks fast.
         per_expert = triton.cdiv(num_tokens * top_k, num_experts)
         return {

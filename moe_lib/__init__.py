@@ -7,6 +7,7 @@ module below defines a ``@triton.jit`` kernel.
 from . import runtime  # noqa: I001  (must come first)
 from .config import MIXTRAL_8X7B, TINY, MoEConfig
 from .gate import MoEGate
+from .layer import MixtralMoE
 from .reference import moe_reference, silu_and_mul
 from .routing import topk_softmax, topk_softmax_triton
 from .testing import assert_close, rel_err, verdict
@@ -19,6 +20,7 @@ __all__ = [
     "MIXTRAL_8X7B",
     "TINY",
     "MoEGate",
+    "MixtralMoE",
     "topk_softmax",
     "topk_softmax_triton",
     "moe_reference",

@@ -1,0 +1,427 @@
+"""One layer's MoE weights, read straight from a Hugging Face safetensors checkpoint.
+
+A Mixtral checkpoint is one ``model.safetensors`` file or several shards listed in
+``model.safetensors.index.json``. safetensors files are a JSON header (names, dtypes, shapes, byte offsets)
+followed by raw bytes, so a layer can be read by memory-mapping just its tensors: Mixtral 8x7B's
+~93 GB never has to be loaded to serve one layer. Pickle-based weights (``pytorch_model.bin``, ``.pt``) are
+refused: unpickling runs arbitrary code.
+
+The command line makes the tiny model that notebook 09 and the tests use::
+
+    python -m moe_lib.checkpoint make-tiny data/tiny_mixtral
+    python -m moe_lib.checkpoint inspect data/tiny_mixtral --layer 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .config import MoEConfig
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+GOLDEN_NAME = "golden.safetensors"
+#: Suffixes of pickle-based weight files, which we never open.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+#: The tiny Mixtral made by ``make-tiny`` and committed to the repository.
+TINY_MIXTRAL = Path(__file__).resolve().parents[1] / "data" / "tiny_mixtral"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read as asked: not safetensors, truncated, corrupt, or incomplete."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Opening: which tensor lives in which file
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Checkpoint:
+    """The table of contents of a safetensors checkpoint, read from the headers only (no tensor data)."""
+
+    path: Path  #: what was opened: a directory, a .safetensors file or an index file
+    files: tuple[Path, ...]  #: the safetensors files, in order
+    weight_map: Mapping[str, Path]  #: tensor name -> the file that holds it
+    shapes: Mapping[str, tuple[int, ...]]  #: tensor name -> shape
+    dtypes: Mapping[str, str]  #: tensor name -> safetensors dtype ("F32", "BF16", ...)
+
+    @property
+    def root(self) -> Path:
+        """The directory of the checkpoint (where config.json lives)."""
+        return self.path if self.path.is_dir() else self.path.parent
+
+    def moe_layers(self) -> list[int]:
+        """The decoder layer indices that have MoE weights, ascending."""
+        return sorted({int(m[1]) for name in self.weight_map if (m := _MOE_NAME.match(name))})
+
+    def moe_names(self, layer: int) -> list[str]:
+        """The names of layer ``layer``'s MoE tensors, by file, then by name (numbers in numeric order)."""
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise TypeError(f"layer must be an int, got {type(layer).__name__}")
+        names = [n for n in self.weight_map if (m := _MOE_NAME.match(n)) and int(m[1]) == layer]
+        if not names:
+            raise CheckpointError(
+                f"{self.path}: no MoE weights for layer {layer}; MoE layers present: {self.moe_layers() or 'none'}"
+            )
+        order = {f: i for i, f in enumerate(self.files)}
+        return sorted(names, key=lambda n: (order[self.weight_map[n]], _natural(n)))
+
+
+#: A decoder layer's MoE tensors: legacy ``block_sparse_moe.*`` or transformers 5.x ``mlp.gate.*`` /
+#: ``mlp.experts.*`` (not a dense model's ``mlp.gate_proj``).
+_MOE_NAME = re.compile(r"^(?:.*\.)?layers\.(\d+)\.(?:block_sparse_moe\.|mlp\.gate\.|mlp\.experts\.)")
+
+
+def _natural(name: str) -> list:
+    """A sort key that puts experts.2 before experts.10."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
+
+
+def _refuse_pickle(path: Path) -> None:
+    raise CheckpointError(
+        f"{path}: pickle-based weights are not read (unpickling can run arbitrary code); "
+        "convert the checkpoint to safetensors"
+    )
+
+
+def _read_header(file: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """Shapes and dtypes of every tensor in one safetensors file; a damaged file raises CheckpointError."""
+    if file.suffix in PICKLE_SUFFIXES:
+        _refuse_pickle(file)
+    if not file.is_file():
+        raise CheckpointError(f"{file}: file not found")
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            slices = {name: f.get_slice(name) for name in f.keys()}
+            return ({n: tuple(s.get_shape()) for n, s in slices.items()},
+                    {n: s.get_dtype() for n, s in slices.items()})
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{file}: not a readable safetensors file, truncated or corrupt ({exc})") from None
+
+
+def _read_index(index: Path) -> dict[str, Path]:
+    try:
+        data = json.loads(index.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{index}: not valid JSON ({exc})") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index}: has no 'weight_map' object mapping tensor names to files")
+    out = {}
+    for name, file in weight_map.items():
+        if not isinstance(file, str) or Path(file).name != file or file in ("", ".", ".."):
+            raise CheckpointError(f"{index}: {name!r} maps to {file!r}, which is not a file name in the same folder")
+        if Path(file).suffix in PICKLE_SUFFIXES:
+            _refuse_pickle(index.parent / file)
+        out[name] = index.parent / file
+    return out
+
+
+def open_checkpoint(path: str | Path | Checkpoint) -> Checkpoint:
+    """Read the headers of a checkpoint: a directory, a ``.safetensors`` file, or an index ``.json``."""
+    if isinstance(path, Checkpoint):
+        return path
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"path must be a str or pathlib.Path, got {type(path).__name__}")
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint file or directory")
+    index = None
+    if path.is_dir():
+        if (path / INDEX_NAME).is_file():
+            index = path / INDEX_NAME
+        elif (path / SINGLE_NAME).is_file():
+            single = path / SINGLE_NAME
+        else:
+            tensors = sorted(path.glob("*.safetensors"))
+            pickles = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+            if len(tensors) == 1:
+                single = tensors[0]
+            elif tensors:
+                raise CheckpointError(
+                    f"{path}: {len(tensors)} .safetensors files but no {INDEX_NAME} saying which tensor is where"
+                )
+            elif pickles:
+                _refuse_pickle(pickles[0])
+            else:
+                raise CheckpointError(f"{path}: no {SINGLE_NAME}, {INDEX_NAME} or other .safetensors file")
+    elif path.suffix == ".json":
+        index = path
+    elif path.suffix in PICKLE_SUFFIXES:
+        _refuse_pickle(path)
+    elif path.suffix == ".safetensors":
+        single = path
+    else:
+        raise CheckpointError(f"{path}: expected a directory, a .safetensors file or a {INDEX_NAME}")
+
+    if index is None:
+        shapes, dtypes = _read_header(single)
+        return Checkpoint(path, (single,), {n: single for n in shapes}, shapes, dtypes)
+
+    weight_map = _read_index(index)
+    files = tuple(dict.fromkeys(weight_map.values()))  # in order of first mention
+    shapes, dtypes = {}, {}
+    for file in files:
+        file_shapes, file_dtypes = _read_header(file)
+        absent = [n for n, f in weight_map.items() if f == file and n not in file_shapes]
+        if absent:
+            raise CheckpointError(
+                f"{file}: lacks {len(absent)} tensor(s) that {index.name} puts there, e.g. {absent[:3]}"
+            )
+        for name in file_shapes:
+            if weight_map.get(name) == file:
+                shapes[name], dtypes[name] = file_shapes[name], file_dtypes[name]
+    return Checkpoint(path, files, weight_map, shapes, dtypes)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading one layer
+# ----------------------------------------------------------------------------------------------------
+def iter_moe_weights(checkpoint: str | Path | Checkpoint, layer: int) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(name, tensor)`` for layer ``layer``'s MoE tensors, reading only those bytes.
+
+    Feed it to :meth:`moe_lib.layer.MixtralMoE.load_weights`. Each tensor is read when it is yielded (one file
+    open per shard), so a layer never holds more than the caller keeps. A tensor with NaN or Inf raises
+    CheckpointError: real weights are finite, and damaged bytes often are not.
+    """
+    ckpt = open_checkpoint(checkpoint)
+    names = ckpt.moe_names(layer)
+    by_file: dict[Path, list[str]] = {}
+    for name in names:
+        by_file.setdefault(ckpt.weight_map[name], []).append(name)
+    for file, file_names in by_file.items():
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for name in file_names:
+                    tensor = f.get_tensor(name)
+                    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                        raise CheckpointError(f"{file}: tensor {name} holds NaN or Inf; the file may be corrupt")
+                    yield name, tensor
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{file}: reading failed, truncated or corrupt ({exc})") from None
+
+
+def read_moe_weights(checkpoint: str | Path | Checkpoint, layer: int) -> dict[str, torch.Tensor]:
+    """All of layer ``layer``'s MoE tensors as a dict (name -> tensor), in checkpoint order."""
+    return dict(iter_moe_weights(checkpoint, layer))
+
+
+def read_config(checkpoint: str | Path | Checkpoint) -> dict:
+    """The checkpoint's ``config.json`` as a dict (plain JSON: nothing is executed)."""
+    root = open_checkpoint(checkpoint).root
+    file = root / "config.json"
+    if not file.is_file():
+        raise CheckpointError(f"{root}: no config.json")
+    try:
+        return json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{file}: not valid JSON ({exc})") from None
+
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def moe_config(config: Mapping) -> MoEConfig:
+    """The MoE layer shape of a Mixtral ``config.json`` (its ``dtype``, default float32)."""
+    if not isinstance(config, Mapping):
+        raise TypeError(f"config must be a mapping (a parsed config.json), got {type(config).__name__}")
+    keys = ("num_local_experts", "num_experts_per_tok", "hidden_size", "intermediate_size")
+    missing = [k for k in keys if k not in config]
+    if missing:
+        raise CheckpointError(f"config lacks {missing}: not a Mixtral config")
+    dtype_name = config.get("dtype") or config.get("torch_dtype") or "float32"
+    if dtype_name not in _DTYPES:
+        raise CheckpointError(f"config dtype {dtype_name!r} is not one of {sorted(_DTYPES)}")
+    return MoEConfig(config["num_local_experts"], config["num_experts_per_tok"], config["hidden_size"],
+                     config["intermediate_size"], dtype=_DTYPES[dtype_name])
+
+
+# ----------------------------------------------------------------------------------------------------
+# The tiny Mixtral
+# ----------------------------------------------------------------------------------------------------
+#: A whole Mixtral, shrunk: 2 decoder layers of 8 experts (top-2), H = 64, I = 128, a 256-token vocabulary,
+#: grouped-query attention (4 heads, 2 KV heads) like the real one. Every projection is drawn with
+#: std 1/sqrt(H) = 0.125 (``initializer_range``) so activations stay of order one and the MoE blocks change
+#: the logits substantially. No EOS token, so greedy generation always runs its full length.
+TINY_MIXTRAL_CONFIG = dict(
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    num_local_experts=8,
+    num_experts_per_tok=2,
+    max_position_embeddings=128,
+    initializer_range=0.125,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=False,
+    bos_token_id=1,
+    eos_token_id=None,
+    pad_token_id=0,
+)
+#: The golden run: logits for GOLDEN_BATCH random sequences of GOLDEN_LEN tokens, and greedy generation of
+#: GOLDEN_NEW_TOKENS tokens after random prompts of GOLDEN_PROMPT_LEN tokens.
+GOLDEN_BATCH, GOLDEN_LEN, GOLDEN_PROMPT_LEN, GOLDEN_NEW_TOKENS = 2, 16, 6, 10
+
+
+def tiny_mixtral_model(seed: int = 0):
+    """The tiny ``MixtralForCausalLM`` (fp32, eval mode, eager experts) with weights drawn from ``seed``."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    config = MixtralConfig(**TINY_MIXTRAL_CONFIG, experts_implementation="eager")
+    with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
+        torch.manual_seed(seed)
+        return MixtralForCausalLM(config).eval()
+
+
+def load_hf_model(checkpoint_dir: str | Path = TINY_MIXTRAL):
+    """transformers' own ``MixtralForCausalLM.from_pretrained`` of a checkpoint directory: the unmodified model.
+
+    safetensors only (never pickle), eager experts (the plain loop, as the golden run used), eval mode, and
+    without the progress bar that loading otherwise draws on stderr.
+    """
+    import transformers
+    from transformers import MixtralForCausalLM
+
+    checkpoint_dir = Path(checkpoint_dir)
+    open_checkpoint(checkpoint_dir)  # our clear errors first: missing, pickle-only, truncated
+    bars_were_on = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        model = MixtralForCausalLM.from_pretrained(
+            checkpoint_dir, use_safetensors=True, experts_implementation="eager", local_files_only=True
+        )
+    finally:
+        if bars_were_on:
+            transformers.utils.logging.enable_progress_bar()
+    return model.eval()
+
+
+def golden_inputs(vocab_size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed inputs of the golden run: (input_ids (B, T), prompt_ids (B, T_prompt)), int64."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    input_ids = torch.randint(0, vocab_size, (GOLDEN_BATCH, GOLDEN_LEN), generator=gen)
+    prompt_ids = torch.randint(0, vocab_size, (GOLDEN_BATCH, GOLDEN_PROMPT_LEN), generator=gen)
+    return input_ids, prompt_ids
+
+
+def golden_run(model, input_ids: torch.Tensor, prompt_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Logits (B, T, V) for ``input_ids`` and greedy tokens (B, T_prompt + new) after ``prompt_ids``."""
+    with torch.no_grad():
+        logits = model(input_ids).logits  # (B, T, V)
+        greedy_ids = model.generate(
+            prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=GOLDEN_NEW_TOKENS,
+            min_new_tokens=GOLDEN_NEW_TOKENS, do_sample=False,
+        )  # (B, T_prompt + new)
+    return {"logits": logits.float().contiguous(), "greedy_ids": greedy_ids.contiguous()}
+
+
+def make_tiny(out_dir: str | Path, seed: int = 0) -> dict[str, int]:
+    """Write the tiny Mixtral (``save_pretrained``, safetensors) and its golden outputs to ``out_dir``.
+
+    Returns the size in bytes of each file written.
+    """
+    import transformers
+
+    out_dir = Path(out_dir)
+    model = tiny_mixtral_model(seed)
+    bars_were_on = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()  # save_pretrained draws one on stderr
+    try:
+        model.save_pretrained(out_dir, safe_serialization=True)
+    finally:
+        if bars_were_on:
+            transformers.utils.logging.enable_progress_bar()
+    input_ids, prompt_ids = golden_inputs(model.config.vocab_size, seed)
+    golden = {"input_ids": input_ids, "prompt_ids": prompt_ids, **golden_run(model, input_ids, prompt_ids)}
+    metadata = {
+        "made_by": "python -m moe_lib.checkpoint make-tiny",
+        "seed": str(seed),
+        "model": "transformers MixtralForCausalLM, experts_implementation=eager, fp32, CPU",
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "max_new_tokens": str(GOLDEN_NEW_TOKENS),
+    }
+    save_file(golden, str(out_dir / GOLDEN_NAME), metadata=metadata)
+    return {p.name: p.stat().st_size for p in sorted(out_dir.iterdir()) if p.is_file()}
+
+
+def read_golden(checkpoint_dir: str | Path = TINY_MIXTRAL) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The golden tensors (input_ids, logits, prompt_ids, greedy_ids) and their metadata."""
+    file = Path(checkpoint_dir) / GOLDEN_NAME
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return {name: f.get_tensor(name) for name in f.keys()}, dict(f.metadata() or {})
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{file}: cannot read the golden outputs ({exc})") from None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------
+def _cmd_make_tiny(args: argparse.Namespace) -> None:
+    sizes = make_tiny(args.out, seed=args.seed)
+    for name, size in sizes.items():
+        print(f"{Path(args.out) / name}  {size / 1e3:.1f} kB")
+
+
+def _cmd_inspect(args: argparse.Namespace) -> None:
+    ckpt = open_checkpoint(args.path)
+    print(f"{ckpt.path}: {len(ckpt.weight_map)} tensors in {len(ckpt.files)} file(s); MoE layers {ckpt.moe_layers()}")
+    for name in ckpt.moe_names(args.layer):
+        print(f"  {name:<60} {ckpt.dtypes[name]:>5} {ckpt.shapes[name]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m moe_lib.checkpoint", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    make = sub.add_parser("make-tiny", help="write the tiny Mixtral checkpoint and its golden outputs")
+    make.add_argument("out", nargs="?", default=str(TINY_MIXTRAL), help="output directory (default: %(default)s)")
+    make.add_argument("--seed", type=int, default=0)
+    make.set_defaults(run=_cmd_make_tiny)
+    inspect = sub.add_parser("inspect", help="list one layer's MoE tensors: name, dtype, shape")
+    inspect.add_argument("path", help="checkpoint directory, .safetensors file or index .json")
+    inspect.add_argument("--layer", type=int, default=0)
+    inspect.set_defaults(run=_cmd_inspect)
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except (CheckpointError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "open_checkpoint",
+    "iter_moe_weights",
+    "read_moe_weights",
+    "read_config",
+    "moe_config",
+    "make_tiny",
+    "tiny_mixtral_model",
+    "load_hf_model",
+    "golden_inputs",
+    "golden_run",
+    "read_golden",
+    "TINY_MIXTRAL",
+    "TINY_MIXTRAL_CONFIG",
+    "INDEX_NAME",
+    "SINGLE_NAME",
+    "GOLDEN_NAME",
+]
+
+if __name__ == "__main__":  # python -m moe_lib.checkpoint ...
+    sys.exit(main())

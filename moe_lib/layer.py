@@ -1,0 +1,445 @@
+"""The whole MoE layer, as vLLM's ``MixtralMoE`` runs it: replicated gate -> fp32 top-k routing -> fused experts
+-> (tensor parallel) all-reduce.
+
+:class:`MixtralMoE` holds three parameters:
+
+- ``gate.weight`` (E, H): the router, replicated on every rank (:class:`moe_lib.gate.MoEGate`);
+- ``w13`` (E, 2I/tp, H): this rank's rows of every expert's gate (w1) and up (w3) projections, stacked
+  ``[w1 shard; w3 shard]`` so that SiLU-and-mul stays local (see :mod:`moe_lib.parallel.shard`);
+- ``w2`` (E, H, I/tp): this rank's columns of every expert's down projection.
+
+With ``tp_size > 1`` a rank's experts see only its slice of I, so its output is a *partial* sum; the layer
+output is the sum over ranks. ``reduce_results=True`` (the default) does that sum with an all-reduce and
+therefore needs torch.distributed; ``reduce_results=False`` returns the partial output (to be summed by
+the caller, as the in-process simulations do).
+
+:meth:`MixtralMoE.load_weights` reads Hugging Face names — the legacy per-expert names that Mixtral
+checkpoints use and transformers 5.x's fused names — and shards them for its rank. It checks everything
+before it changes anything, so a failed load leaves the layer as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ._validate import FLOAT_DTYPES, check_int, check_tensor
+from .gate import INITIALIZER_RANGE, MoEGate
+from .kernels.fused_moe import fused_experts
+from .parallel.shard import shard_w2, shard_w13
+from .routing import topk_softmax_triton
+
+# ----------------------------------------------------------------------------------------------------
+# Hugging Face names
+# ----------------------------------------------------------------------------------------------------
+#: Legacy names (real Mixtral checkpoints, and what ``save_pretrained`` writes): one matrix per expert,
+#: ``w1`` (I, H) gate, ``w3`` (I, H) up, ``w2`` (H, I) down, under ``...block_sparse_moe.``.
+_LEGACY = re.compile(
+    r"^(?P<scope>(?:.*\.)?block_sparse_moe\.)(?:experts\.(?P<expert>\d+)\.(?P<proj>w[123])\.weight|gate\.weight)$"
+)
+#: transformers 5.x in memory: all experts in two fused tensors, under ``...mlp.``.
+_FUSED = re.compile(r"^(?P<scope>(?:.*\.)?mlp\.)(?P<what>experts\.gate_up_proj|experts\.down_proj|gate\.weight)$")
+
+#: How many names an error message lists per kind of problem before it says "... and N more".
+_MAX_LISTED = 12
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """Where one checkpoint tensor goes: ``kind`` is gate / w1 / w3 / w2 (per expert) / gate_up / down."""
+
+    scope: str
+    kind: str
+    expert: int | None = None
+
+
+def _parse_name(name: str) -> _Slot | None:
+    m = _LEGACY.match(name)
+    if m:
+        expert = m["expert"]
+        return _Slot(m["scope"], m["proj"] or "gate", None if expert is None else int(expert))
+    m = _FUSED.match(name)
+    if m:
+        kind = {"experts.gate_up_proj": "gate_up", "experts.down_proj": "down", "gate.weight": "gate"}[m["what"]]
+        return _Slot(m["scope"], kind)
+    return None
+
+
+def _slot_name(slot: _Slot) -> str:
+    """The checkpoint name of a slot (inverse of :func:`_parse_name`)."""
+    if slot.kind == "gate":
+        return f"{slot.scope}gate.weight"
+    if slot.kind == "gate_up":
+        return f"{slot.scope}experts.gate_up_proj"
+    if slot.kind == "down":
+        return f"{slot.scope}experts.down_proj"
+    return f"{slot.scope}experts.{slot.expert}.{slot.kind}.weight"
+
+
+def _listing(label: str, items: Sequence[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    more = f", ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
+    return f"  {label} ({len(items)}): {shown}{more}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tensor-parallel setup
+# ----------------------------------------------------------------------------------------------------
+def _dist_ready() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _resolve_tp(tp_size: int | None, tp_rank: int | None) -> tuple[int, int]:
+    """None means "from torch.distributed if it is initialized, else a single rank"."""
+    if tp_size is None:
+        tp_size = torch.distributed.get_world_size() if _dist_ready() else 1
+    check_int("tp_size", tp_size, low=1)
+    if tp_rank is None:
+        if tp_size == 1:
+            tp_rank = 0
+        elif _dist_ready():
+            tp_rank = torch.distributed.get_rank()
+        else:
+            raise ValueError(
+                f"tp_rank is required when tp_size={tp_size} > 1 and torch.distributed is not initialized"
+            )
+    check_int("tp_rank", tp_rank, low=0, high=tp_size - 1)
+    return tp_size, tp_rank
+
+
+# ----------------------------------------------------------------------------------------------------
+# The layer
+# ----------------------------------------------------------------------------------------------------
+class MixtralMoE(nn.Module):
+    """Mixtral's sparse MoE block for inference: ``(..., H) -> (..., H)``.
+
+    Args:
+        num_experts: E, experts per layer.
+        top_k: experts per token (Mixtral: 2).
+        hidden_size: H.
+        intermediate_size: I, the width of one whole expert (before tensor-parallel sharding).
+        params_dtype: dtype of all parameters and of the activations forward accepts (default: torch's
+            default dtype).
+        tp_size, tp_rank: tensor-parallel world size and this rank. None: from torch.distributed when it is
+            initialized, else 1 and 0. ``intermediate_size`` must be divisible by ``tp_size``.
+        reduce_results: with tp_size > 1, all-reduce the partial outputs over ``tp_group`` so that forward
+            returns the full output (needs torch.distributed with tp_size ranks); False returns this rank's
+            partial output. Ignored when tp_size == 1.
+        tp_group: the process group of the all-reduce (None: the default group).
+        renormalize: divide the top_k routing weights by their sum (Mixtral: True).
+        device: where the parameters live.
+        generator: draws the initial weights (on the CPU, N(0, 0.02^2) like Hugging Face's initializer) so a
+            seed gives the same layer everywhere. Real weights come from :meth:`load_weights`.
+    """
+
+    def __init__(
+        self,
+        num_experts: int,
+        top_k: int,
+        hidden_size: int,
+        intermediate_size: int,
+        params_dtype: torch.dtype | None = None,
+        tp_size: int | None = None,
+        tp_rank: int | None = None,
+        *,
+        reduce_results: bool = True,
+        tp_group=None,
+        renormalize: bool = True,
+        device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        check_int("num_experts", num_experts, low=1)
+        check_int("top_k", top_k, low=1)
+        if top_k > num_experts:
+            raise ValueError(f"top_k ({top_k}) must be <= num_experts ({num_experts})")
+        check_int("hidden_size", hidden_size, low=1)
+        check_int("intermediate_size", intermediate_size, low=1)
+        params_dtype = torch.get_default_dtype() if params_dtype is None else params_dtype
+        if not isinstance(params_dtype, torch.dtype) or params_dtype not in FLOAT_DTYPES:
+            raise TypeError(f"params_dtype must be one of float32, float16, bfloat16, got {params_dtype!r}")
+        for name, flag in (("reduce_results", reduce_results), ("renormalize", renormalize)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+        tp_size, tp_rank = _resolve_tp(tp_size, tp_rank)
+        if intermediate_size % tp_size:
+            raise ValueError(f"intermediate_size ({intermediate_size}) must be divisible by tp_size ({tp_size})")
+
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.intermediate_size_per_rank = intermediate_size // tp_size
+        self.params_dtype = params_dtype
+        self.tp_size = tp_size
+        self.tp_rank = tp_rank
+        self.reduce_results = reduce_results
+        self.tp_group = tp_group
+        self.renormalize = renormalize
+        #: While :func:`record_routing` is active: a list that forward appends (topk_weights, topk_ids) to.
+        self._routing_log: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+        self.gate = MoEGate(hidden_size, num_experts, dtype=params_dtype, device=device, generator=generator)
+        self.gate.weight.requires_grad_(False)
+        i_local = self.intermediate_size_per_rank
+
+        def draw(*shape: int) -> nn.Parameter:
+            w = torch.empty(*shape).normal_(0.0, INITIALIZER_RANGE, generator=generator)
+            return nn.Parameter(w.to(device=device, dtype=params_dtype), requires_grad=False)
+
+        self.w13 = draw(num_experts, 2 * i_local, hidden_size)  # (E, 2I/tp, H)  [w1 shard; w3 shard]
+        self.w2 = draw(num_experts, hidden_size, i_local)  # (E, H, I/tp)
+
+    # -- forward ---------------------------------------------------------------------------------------
+    def route(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M, H) tokens -> (topk_weights fp32 (M, k), topk_ids int32 (M, k)): the gate, then fp32 top-k."""
+        router_logits = self.gate(hidden_states)  # (M, E)
+        return topk_softmax_triton(router_logits, self.top_k, self.renormalize)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(..., H) -> (..., H): every token through its top_k experts (summed over ranks if reducing)."""
+        check_tensor("hidden_states", hidden_states, dtypes=FLOAT_DTYPES, device=self.w13.device)
+        if hidden_states.dim() == 0 or hidden_states.shape[-1] != self.hidden_size:
+            raise ValueError(
+                f"hidden_states must have last dim hidden_size={self.hidden_size}, got shape "
+                f"{tuple(hidden_states.shape)}"
+            )
+        if hidden_states.dtype != self.params_dtype:
+            raise TypeError(
+                f"hidden_states has dtype {hidden_states.dtype} but the layer's params_dtype is {self.params_dtype}"
+            )
+        shape = hidden_states.shape
+        x = hidden_states.reshape(-1, self.hidden_size)  # (M, H)
+        with torch.no_grad():
+            topk_weights, topk_ids = self.route(x)  # (M, k) fp32, (M, k) int32
+            if self._routing_log is not None:
+                self._routing_log.append((topk_weights.clone(), topk_ids.clone()))
+            out = fused_experts(x, self.w13, self.w2, topk_weights, topk_ids)  # (M, H), partial if tp > 1
+            if self.tp_size > 1 and self.reduce_results:
+                self._all_reduce(out)
+        return out.view(shape)
+
+    def _all_reduce(self, out: torch.Tensor) -> None:
+        """Sum the ranks' partial outputs in place, after checking that the group is the one we shard for."""
+        if not _dist_ready():
+            raise RuntimeError(
+                f"MixtralMoE(tp_size={self.tp_size}, reduce_results=True) needs torch.distributed to sum the ranks' "
+                "partial outputs, but it is not initialized. Initialize it (one process per rank), or pass "
+                "reduce_results=False to get this rank's partial output."
+            )
+        world = torch.distributed.get_world_size(self.tp_group)
+        rank = torch.distributed.get_rank(self.tp_group)
+        if (world, rank) != (self.tp_size, self.tp_rank):
+            raise RuntimeError(
+                f"the all-reduce group has {world} ranks and this is rank {rank}, but the layer was built for "
+                f"tp_size={self.tp_size}, tp_rank={self.tp_rank}: its shards would be summed wrongly"
+            )
+        torch.distributed.all_reduce(out, group=self.tp_group)
+
+    # -- loading ---------------------------------------------------------------------------------------
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]] | Mapping[str, torch.Tensor]) -> list[str]:
+        """Load one layer's Hugging Face tensors, sharded for this rank; returns the names loaded, sorted.
+
+        Accepted, after any prefix (``model.layers.3.``), either set — complete, and nothing else:
+
+        - legacy: ``block_sparse_moe.gate.weight`` (E, H) and ``block_sparse_moe.experts.{e}.w1/w3.weight``
+          (I, H), ``...w2.weight`` (H, I) for every expert e;
+        - transformers 5.x: ``mlp.gate.weight`` (E, H), ``mlp.experts.gate_up_proj`` (E, 2I, H),
+          ``mlp.experts.down_proj`` (E, H, I).
+
+        Tensors are always the whole (unsharded) weights, in any floating dtype (cast to params_dtype).
+        Every tensor is checked and placed into temporaries first; unknown, duplicate, missing or misshapen
+        names raise one ValueError that lists them all, and the layer is then left unchanged.
+        """
+        if isinstance(weights, Mapping):
+            weights = weights.items()
+        E, H, I, i_local = self.num_experts, self.hidden_size, self.intermediate_size, self.intermediate_size_per_rank
+        tp, rank = self.tp_size, self.tp_rank
+        device, dtype = self.w13.device, self.params_dtype
+        expected_shapes = {"gate": (E, H), "w1": (I, H), "w3": (I, H), "w2": (H, I), "gate_up": (E, 2 * I, H),
+                           "down": (E, H, I)}
+
+        gate = torch.empty(E, H, device=device, dtype=dtype)  # (E, H)
+        w13 = torch.empty(E, 2 * i_local, H, device=device, dtype=dtype)  # (E, 2I/tp, H)
+        w2 = torch.empty(E, H, i_local, device=device, dtype=dtype)  # (E, H, I/tp)
+        pending_w1w3: dict[tuple[int, str], torch.Tensor] = {}  # one half of an expert's w13, until its pair comes
+        seen: dict[_Slot, str] = {}
+        scopes: list[str] = []
+        unknown: list[str] = []
+        duplicate: list[str] = []
+        bad: list[str] = []
+
+        for entry in weights:
+            if not (isinstance(entry, tuple) and len(entry) == 2):
+                raise TypeError(f"weights must yield (name, tensor) pairs, got {type(entry).__name__}")
+            name, tensor = entry
+            if not isinstance(name, str):
+                raise TypeError(f"weights: a name must be a str, got {type(name).__name__}")
+            if not isinstance(tensor, torch.Tensor):
+                raise TypeError(f"weights: {name!r} must be a torch.Tensor, got {type(tensor).__name__}")
+            slot = _parse_name(name)
+            if slot is None:
+                unknown.append(name)
+                continue
+            if slot.expert is not None and slot.expert >= E:
+                unknown.append(f"{name} (expert {slot.expert} >= num_experts {E})")
+                continue
+            if slot.scope not in scopes:
+                scopes.append(slot.scope)
+            if slot in seen:
+                duplicate.append(name)
+                continue
+            seen[slot] = name
+            want = expected_shapes[slot.kind]
+            if tuple(tensor.shape) != want:
+                bad.append(f"{name} has shape {tuple(tensor.shape)}, expected {want}")
+                continue
+            if not tensor.is_floating_point():
+                bad.append(f"{name} has dtype {tensor.dtype}, expected a floating dtype")
+                continue
+            t = tensor.detach().to(device=device, dtype=dtype)
+            if slot.kind == "gate":
+                gate.copy_(t)
+            elif slot.kind == "gate_up":
+                w13.copy_(shard_w13(t, tp, rank))
+            elif slot.kind == "down":
+                w2.copy_(shard_w2(t, tp, rank))
+            elif slot.kind == "w2":
+                w2[slot.expert].copy_(shard_w2(t[None], tp, rank)[0])  # (H, I/tp)
+            else:  # w1 or w3: shard the pair [w1; w3] once both halves are here
+                other = "w3" if slot.kind == "w1" else "w1"
+                partner = pending_w1w3.pop((slot.expert, other), None)
+                if partner is None:
+                    pending_w1w3[(slot.expert, slot.kind)] = t
+                else:
+                    w1, w3 = (t, partner) if slot.kind == "w1" else (partner, t)
+                    w13[slot.expert].copy_(shard_w13(torch.cat([w1, w3])[None], tp, rank)[0])  # (2I/tp, H)
+
+        problems = []
+        if len(scopes) > 1:
+            problems.append(_listing("names from more than one layer or naming scheme (prefixes)", scopes))
+        if unknown:
+            problems.append(_listing("unknown names", unknown))
+        if duplicate:
+            problems.append(_listing("given twice", duplicate))
+        if bad:
+            problems.append(_listing("wrong shape or dtype", bad))
+        if len(scopes) == 1:
+            scope = scopes[0]
+            if scope.endswith("block_sparse_moe."):
+                wanted = [_Slot(scope, "gate")] + [_Slot(scope, p, e) for e in range(E) for p in ("w1", "w2", "w3")]
+            else:
+                wanted = [_Slot(scope, kind) for kind in ("gate", "gate_up", "down")]
+            missing = [_slot_name(s) for s in wanted if s not in seen]
+            if missing:
+                problems.append(_listing("missing", missing))
+        elif not scopes and not problems:
+            problems.append("  no weights were given")
+        if problems:
+            raise ValueError(
+                f"MixtralMoE.load_weights (num_experts={E}, hidden_size={H}, intermediate_size={I}): "
+                "nothing was loaded.\n" + "\n".join(problems)
+            )
+
+        # Everything is present and checked: commit.
+        with torch.no_grad():
+            self.gate.weight.copy_(gate)
+            self.w13.copy_(w13)
+            self.w2.copy_(w2)
+        return sorted(seen.values())
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_experts={self.num_experts}, top_k={self.top_k}, hidden_size={self.hidden_size}, "
+            f"intermediate_size={self.intermediate_size} ({self.intermediate_size_per_rank} on this rank), "
+            f"tp_size={self.tp_size}, tp_rank={self.tp_rank}, reduce_results={self.reduce_results}, "
+            f"dtype={str(self.params_dtype).replace('torch.', '')}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Whole models
+# ----------------------------------------------------------------------------------------------------
+_LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.[^.]+$")
+
+
+def moe_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The (name, module) of every Hugging Face ``MixtralSparseMoeBlock`` in ``model``, in order."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return [(name, m) for name, m in model.named_modules() if type(m).__name__ == "MixtralSparseMoeBlock"]
+
+
+def replace_moe_blocks(
+    model: nn.Module,
+    checkpoint: str | Path | None = None,
+    *,
+    tp_size: int | None = None,
+    tp_rank: int | None = None,
+    reduce_results: bool = True,
+    tp_group=None,
+) -> list[MixtralMoE]:
+    """Swap every ``MixtralSparseMoeBlock`` of a transformers Mixtral model for a :class:`MixtralMoE`.
+
+    Each new layer loads its weights from ``checkpoint`` (a safetensors file or directory, read one layer at
+    a time by :mod:`moe_lib.checkpoint`), or, when it is None, from the block it replaces (transformers 5.x
+    names). Sizes come from ``model.config``; the dtype and device from the block's router weight.
+    Returns the new layers in order. The blocks are replaced only after every layer has loaded.
+    """
+    from . import checkpoint as ckpt  # here, not at import: checkpoint imports safetensors
+
+    blocks = moe_blocks(model)
+    if not blocks:
+        raise ValueError("model has no MixtralSparseMoeBlock to replace")
+    cfg = model.config
+    source = ckpt.open_checkpoint(checkpoint) if checkpoint is not None else None
+    layers = []
+    for name, block in blocks:
+        weight = block.gate.weight
+        layer = MixtralMoE(
+            cfg.num_local_experts, cfg.num_experts_per_tok, cfg.hidden_size, cfg.intermediate_size,
+            params_dtype=weight.dtype, tp_size=tp_size, tp_rank=tp_rank, reduce_results=reduce_results,
+            tp_group=tp_group, device=weight.device,
+        )
+        if source is not None:
+            match = _LAYER_INDEX.search(name)
+            if match is None:
+                raise ValueError(f"cannot tell the layer index of MoE block {name!r} (expected ...layers.<i>.<name>)")
+            layer.load_weights(ckpt.iter_moe_weights(source, int(match[1])))
+        else:
+            layer.load_weights((f"{name}.{key}", t) for key, t in block.state_dict().items())
+        layers.append(layer)
+    for (name, _), layer in zip(blocks, layers, strict=True):
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, layer)
+    return layers
+
+
+@contextlib.contextmanager
+def record_routing(layers: Sequence[MixtralMoE]) -> Iterator[list[list[tuple[torch.Tensor, torch.Tensor]]]]:
+    """Within the block, every forward of ``layers[l]`` appends its (topk_weights, topk_ids) to ``log[l]``.
+
+    These are the very routing decisions the layer used (not recomputed), one (M, k) pair per call.
+    """
+    layers = list(layers)
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, MixtralMoE):
+            raise TypeError(f"layers[{i}] must be a MixtralMoE, got {type(layer).__name__}")
+    log: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in layers]
+    previous = [layer._routing_log for layer in layers]
+    for layer, entries in zip(layers, log, strict=True):
+        layer._routing_log = entries
+    try:
+        yield log
+    finally:
+        for layer, prev in zip(layers, previous, strict=True):
+            layer._routing_log = prev
+
+
+__all__ = ["MixtralMoE", "moe_blocks", "replace_moe_blocks", "record_routing"]

@@ -1,0 +1,395 @@
+"""moe_lib.checkpoint: reading one layer out of single-file and sharded safetensors checkpoints, refusing pickles,
+clear errors for truncated, corrupt and incomplete files, and the tiny checkpoint being exactly what
+``make-tiny`` makes."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from moe_lib import checkpoint as ck
+from moe_lib.checkpoint import CheckpointError
+from moe_lib.config import MoEConfig
+from moe_lib.layer import MixtralMoE
+
+TINY = ck.TINY_MIXTRAL
+E, K, H, I = 8, 2, 64, 128
+
+
+def all_tensors(path: Path) -> dict[str, torch.Tensor]:
+    with safe_open(str(path), framework="pt") as f:
+        return {n: f.get_tensor(n) for n in f.keys()}
+
+
+@pytest.fixture(scope="module")
+def tiny_tensors() -> dict[str, torch.Tensor]:
+    return all_tensors(TINY / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory) -> Path:
+    """The tiny model saved by transformers in ~300 kB shards, with its model.safetensors.index.json."""
+    out = tmp_path_factory.mktemp("sharded")
+    model = ck.load_hf_model(TINY)
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        model.save_pretrained(out, max_shard_size="300KB")
+    finally:
+        transformers.utils.logging.enable_progress_bar()
+    return out
+
+
+def copy_tiny(dst: Path) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(TINY / name, dst / name)
+    return dst
+
+
+# ----------------------------------------------------------------------------------------------------
+# The committed tiny checkpoint
+# ----------------------------------------------------------------------------------------------------
+def test_tiny_checkpoint_files_and_names(tiny_tensors):
+    assert sorted(p.name for p in TINY.iterdir()) == [
+        "config.json", "generation_config.json", "golden.safetensors", "model.safetensors"]
+    assert sum(p.stat().st_size for p in TINY.iterdir()) < 3_000_000  # a few MB at most
+    ckpt = ck.open_checkpoint(TINY)
+    assert ckpt.moe_layers() == [0, 1]
+    assert ckpt.root == TINY and ckpt.files == (TINY / "model.safetensors",)
+    for layer in (0, 1):
+        names = ckpt.moe_names(layer)
+        p = f"model.layers.{layer}.block_sparse_moe."
+        expected = {p + "gate.weight"} | {f"{p}experts.{e}.w{j}.weight" for e in range(E) for j in (1, 2, 3)}
+        assert set(names) == expected  # the legacy names save_pretrained writes
+        assert ckpt.shapes[p + "gate.weight"] == (E, H)
+        assert ckpt.shapes[p + "experts.0.w1.weight"] == (I, H) and ckpt.shapes[p + "experts.0.w2.weight"] == (H, I)
+        assert {ckpt.dtypes[n] for n in names} == {"F32"}
+    cfg = ck.read_config(TINY)
+    assert (cfg["num_local_experts"], cfg["num_experts_per_tok"], cfg["num_hidden_layers"]) == (8, 2, 2)
+    assert 64 <= cfg["hidden_size"] <= 128
+    assert ck.moe_config(cfg) == MoEConfig(E, K, H, I, dtype=torch.float32)
+
+
+def test_golden_outputs_are_consistent():
+    golden, meta = ck.read_golden(TINY)
+    B, T, P = ck.GOLDEN_BATCH, ck.GOLDEN_LEN, ck.GOLDEN_PROMPT_LEN
+    assert golden["logits"].shape == (B, T, 256) and golden["logits"].dtype == torch.float32
+    assert golden["greedy_ids"].shape == (B, P + ck.GOLDEN_NEW_TOKENS)
+    assert torch.equal(golden["greedy_ids"][:, :P], golden["prompt_ids"])
+    assert len(set(golden["greedy_ids"][:, P:].flatten().tolist())) > 3  # a varied, not a stuck, generation
+    assert meta["made_by"].startswith("python -m moe_lib.checkpoint make-tiny")
+
+
+def test_make_tiny_reproduces_the_committed_files(tmp_path):
+    import transformers
+
+    recorded = ck.read_config(TINY)["transformers_version"]
+    if transformers.__version__ != recorded:
+        pytest.skip(f"made with transformers {recorded}; initialization order may differ in {transformers.__version__}")
+    sizes = ck.make_tiny(tmp_path / "tiny")
+    assert set(sizes) == {p.name for p in TINY.iterdir()}
+    for name in ("model.safetensors", "golden.safetensors"):
+        new, old = all_tensors(tmp_path / "tiny" / name), all_tensors(TINY / name)
+        assert new.keys() == old.keys()
+        for key in old:
+            assert torch.equal(new[key], old[key]), f"{name}: {key} differs from the committed file"
+    assert json.loads((tmp_path / "tiny" / "config.json").read_text()) == ck.read_config(TINY)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading a layer
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("layer", [0, 1])
+def test_read_layer_equals_file_contents(layer, tiny_tensors):
+    got = ck.read_moe_weights(TINY, layer)
+    assert len(got) == 3 * E + 1
+    for name, t in got.items():
+        assert f"layers.{layer}." in name and torch.equal(t, tiny_tensors[name])
+
+
+def test_reads_only_the_layers_tensors(monkeypatch):
+    """safe_open hands out only the asked-for tensors: nothing else of the model is read."""
+    requested = []
+    real_safe_open = ck.safe_open
+
+    class Spy:
+        def __init__(self, *a, **kw):
+            self._f = real_safe_open(*a, **kw)
+
+        def __enter__(self):
+            self._inner = self._f.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self._f.__exit__(*exc)
+
+        def get_tensor(self, name):
+            requested.append(name)
+            return self._inner.get_tensor(name)
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+    monkeypatch.setattr(ck, "safe_open", Spy)
+    list(ck.iter_moe_weights(TINY, 1))
+    assert len(requested) == 3 * E + 1 and all(n.startswith("model.layers.1.block_sparse_moe.") for n in requested)
+
+
+@pytest.mark.parametrize("entry", ["dir", "file", "str"])
+def test_open_single_file_forms(entry):
+    path = {"dir": TINY, "file": TINY / "model.safetensors", "str": str(TINY)}[entry]
+    ckpt = ck.open_checkpoint(path)
+    assert ckpt.moe_layers() == [0, 1] and len(ckpt.weight_map) == 65
+    assert ck.open_checkpoint(ckpt) is ckpt
+
+
+def test_sharded_checkpoint(sharded, tiny_tensors):
+    index = json.loads((sharded / ck.INDEX_NAME).read_text())
+    ckpt = ck.open_checkpoint(sharded)
+    assert len(ckpt.files) >= 3 and ckpt.weight_map.keys() == tiny_tensors.keys()
+    # At least one layer's MoE tensors are spread over two shards: the reader must follow the index.
+    assert any(len({index["weight_map"][n] for n in ckpt.moe_names(layer)}) > 1 for layer in (0, 1))
+    assert ck.open_checkpoint(sharded / ck.INDEX_NAME).weight_map == ckpt.weight_map
+    for layer in (0, 1):
+        got = ck.read_moe_weights(sharded, layer)
+        assert got.keys() == ck.read_moe_weights(TINY, layer).keys()
+        assert all(torch.equal(t, tiny_tensors[n]) for n, t in got.items())
+        a, b = MixtralMoE(E, K, H, I), MixtralMoE(E, K, H, I)
+        a.load_weights(ck.iter_moe_weights(sharded, layer))
+        b.load_weights(ck.iter_moe_weights(TINY, layer))
+        assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_fused_names_in_a_file(tmp_path):
+    """A checkpoint written with transformers 5.x in-memory names (one tensor per projection) reads too."""
+    model = ck.load_hf_model(TINY)
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if ".mlp." in k}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    ckpt = ck.open_checkpoint(tmp_path)
+    assert ckpt.moe_names(1) == sorted(n for n in state if "layers.1." in n)
+    a, b = MixtralMoE(E, K, H, I), MixtralMoE(E, K, H, I)
+    a.load_weights(ck.iter_moe_weights(ckpt, 1))
+    b.load_weights(ck.iter_moe_weights(TINY, 1))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_dense_mlp_names_are_not_moe(tmp_path):
+    save_file({"model.layers.0.mlp.gate_proj.weight": torch.randn(4, 4)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="no MoE weights for layer 0; MoE layers present: none"):
+        ck.read_moe_weights(tmp_path, 0)
+
+
+def test_missing_layer_and_bad_layer_arg():
+    with pytest.raises(CheckpointError, match=r"no MoE weights for layer 5; MoE layers present: \[0, 1\]"):
+        ck.read_moe_weights(TINY, 5)
+    with pytest.raises(TypeError, match="layer"):
+        ck.read_moe_weights(TINY, "0")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Damaged, incomplete and unsafe checkpoints
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("keep", [0, 5, 8, 100, 0.5, -1])
+def test_truncated_file(keep, tmp_path):
+    data = (TINY / "model.safetensors").read_bytes()
+    n = int(len(data) * keep) if isinstance(keep, float) else (keep if keep >= 0 else len(data) + keep)
+    (tmp_path / "model.safetensors").write_bytes(data[:n])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        ck.open_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        list(ck.iter_moe_weights(tmp_path / "model.safetensors", 0))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "header_json", "header_length"])
+def test_corrupt_header(damage, tmp_path):
+    data = bytearray((TINY / "model.safetensors").read_bytes())
+    if damage == "garbage":
+        data = bytearray(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0)).byte().numpy())
+    elif damage == "header_json":
+        data[8:12] = b"}}}}"
+    else:
+        data[0:8] = (len(data) * 4).to_bytes(8, "little")
+    (tmp_path / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        ck.open_checkpoint(tmp_path)
+
+
+def test_corrupt_tensor_bytes_become_an_error(tmp_path, tiny_tensors):
+    """Bytes of one tensor overwritten with 0xFF (NaN in fp32): the reader refuses that tensor's layer."""
+    path = copy_tiny(tmp_path) / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + header_len])
+    name = "model.layers.1.block_sparse_moe.experts.4.w3.weight"
+    start = 8 + header_len + header[name]["data_offsets"][0]
+    data[start + 400 : start + 480] = b"\xff" * 80
+    path.write_bytes(bytes(data))
+    assert len(ck.read_moe_weights(path, 0)) == 25  # layer 0 is intact
+    layer = MixtralMoE(E, K, H, I)
+    before = layer.w13.clone()
+    with pytest.raises(CheckpointError, match=r"experts\.4\.w3\.weight holds NaN or Inf"):
+        layer.load_weights(ck.iter_moe_weights(path, 1))
+    assert torch.equal(layer.w13, before)
+
+
+def test_checkpoint_missing_one_expert(tmp_path, tiny_tensors):
+    kept = {n: t for n, t in tiny_tensors.items() if ".experts.5." not in n}
+    save_file(kept, str(tmp_path / "model.safetensors"))
+    layer = MixtralMoE(E, K, H, I)
+    before = [p.clone() for p in layer.parameters()]
+    with pytest.raises(ValueError, match=r"missing \(3\): model\.layers\.0\.block_sparse_moe\.experts\.5\.w1\.weight"):
+        layer.load_weights(ck.iter_moe_weights(tmp_path, 0))
+    assert all(torch.equal(p, b) for p, b in zip(layer.parameters(), before, strict=True))
+
+
+def test_checkpoint_with_a_wrong_shape(tmp_path, tiny_tensors):
+    changed = dict(tiny_tensors)
+    name = "model.layers.1.block_sparse_moe.experts.2.w2.weight"
+    changed[name] = torch.randn(H, I + 8, generator=torch.Generator().manual_seed(0))
+    save_file(changed, str(tmp_path / "model.safetensors"))
+    layer = MixtralMoE(E, K, H, I)
+    before = [p.clone() for p in layer.parameters()]
+    with pytest.raises(ValueError, match=r"experts\.2\.w2\.weight has shape \(64, 136\), expected \(64, 128\)"):
+        layer.load_weights(ck.iter_moe_weights(tmp_path, 1))
+    assert all(torch.equal(p, b) for p, b in zip(layer.parameters(), before, strict=True))
+
+
+class _Boom:
+    """Unpickling this would create a marker file: proof that a loader unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("layout", ["dir", "file", "pt", "index"])
+def test_pickles_are_refused_never_opened(layout, tmp_path):
+    marker = tmp_path / "unpickled"
+    payload = pickle.dumps(_Boom(marker))
+    if layout == "dir":
+        (tmp_path / "pytorch_model.bin").write_bytes(payload)
+        target = tmp_path
+    elif layout in ("file", "pt"):
+        target = tmp_path / ("pytorch_model.bin" if layout == "file" else "weights.pt")
+        target.write_bytes(payload)
+    else:
+        (tmp_path / "pytorch_model-00001-of-00001.bin").write_bytes(payload)
+        target = tmp_path / "pytorch_model.bin.index.json"
+        target.write_text(json.dumps({"weight_map": {"model.layers.0.block_sparse_moe.gate.weight":
+                                                     "pytorch_model-00001-of-00001.bin"}}))
+    with pytest.raises(CheckpointError, match="pickle"):
+        ck.open_checkpoint(target)
+    with pytest.raises(CheckpointError, match="pickle"):
+        list(ck.iter_moe_weights(target, 0))
+    assert not marker.exists()
+
+
+def test_index_problems(tmp_path, sharded):
+    for f in sharded.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    index_path = tmp_path / ck.INDEX_NAME
+    index = json.loads(index_path.read_text())
+
+    def with_index(obj):
+        index_path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+        return tmp_path
+
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        ck.open_checkpoint(with_index("{weight_map:"))
+    with pytest.raises(CheckpointError, match="weight_map"):
+        ck.open_checkpoint(with_index({"metadata": {}}))
+    name = next(iter(index["weight_map"]))
+    escaped = {**index, "weight_map": {**index["weight_map"], name: "../elsewhere.safetensors"}}
+    with pytest.raises(CheckpointError, match="not a file name in the same folder"):
+        ck.open_checkpoint(with_index(escaped))
+    missing_file = {**index, "weight_map": {**index["weight_map"], name: "model-00099-of-00099.safetensors"}}
+    with pytest.raises(CheckpointError, match="file not found"):
+        ck.open_checkpoint(with_index(missing_file))
+    other_file = next(f for f in set(index["weight_map"].values()) if f != index["weight_map"][name])
+    wrong_file = {**index, "weight_map": {**index["weight_map"], name: other_file}}
+    with pytest.raises(CheckpointError, match=f"lacks 1 tensor.*{name}"):
+        ck.open_checkpoint(with_index(wrong_file))
+
+
+def test_folder_problems(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        ck.open_checkpoint(tmp_path / "nowhere")
+    with pytest.raises(CheckpointError, match="no model.safetensors"):
+        ck.open_checkpoint(tmp_path)
+    for i in range(2):
+        save_file({"x": torch.zeros(2)}, str(tmp_path / f"part{i}.safetensors"))
+    with pytest.raises(CheckpointError, match="2 .safetensors files but no model.safetensors.index.json"):
+        ck.open_checkpoint(tmp_path)
+    (tmp_path / "part1.safetensors").unlink()
+    assert ck.open_checkpoint(tmp_path).files == (tmp_path / "part0.safetensors",)  # one file: its name is free
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(CheckpointError, match="expected a directory"):
+        ck.open_checkpoint(tmp_path / "notes.txt")
+    with pytest.raises(TypeError, match="path"):
+        ck.open_checkpoint(3)
+    with pytest.raises(CheckpointError, match="no config.json"):
+        ck.read_config(tmp_path)
+
+
+def test_moe_config_errors():
+    cfg = ck.read_config(TINY)
+    with pytest.raises(CheckpointError, match="num_local_experts"):
+        ck.moe_config({k: v for k, v in cfg.items() if k != "num_local_experts"})
+    with pytest.raises(CheckpointError, match="dtype"):
+        ck.moe_config(cfg | {"dtype": "int8"})
+    with pytest.raises(TypeError, match="config"):
+        ck.moe_config([1, 2])
+    assert ck.moe_config(cfg | {"dtype": "bfloat16"}).dtype == torch.bfloat16
+
+
+def test_load_hf_model_refuses_what_we_refuse(tmp_path):
+    (tmp_path / "pytorch_model.bin").write_bytes(pickle.dumps(_Boom(tmp_path / "unpickled")))
+    shutil.copy(TINY / "config.json", tmp_path / "config.json")
+    with pytest.raises(CheckpointError, match="pickle"):
+        ck.load_hf_model(tmp_path)
+    assert not (tmp_path / "unpickled").exists()
+    model = ck.load_hf_model(TINY)
+    assert not model.training and model.config.num_local_experts == E
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------
+def test_cli_inspect(capsys):
+    assert ck.main(["inspect", str(TINY), "--layer", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "65 tensors in 1 file(s); MoE layers [0, 1]" in out
+    assert "model.layers.1.block_sparse_moe.experts.7.w2.weight" in out and "(64, 128)" in out
+
+
+def test_cli_errors(capsys, tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 3)
+    assert ck.main(["inspect", str(tmp_path)]) == 1
+    assert "truncated or corrupt" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ck.main(["unknown-command"])
+
+
+def test_cli_make_tiny(tmp_path, capsys):
+    assert ck.main(["make-tiny", str(tmp_path / "t"), "--seed", "3"]) == 0
+    assert "model.safetensors" in capsys.readouterr().out
+    golden, meta = ck.read_golden(tmp_path / "t")
+    assert meta["seed"] == "3"
+    assert not torch.equal(golden["logits"], ck.read_golden(TINY)[0]["logits"])  # another seed, another model
+
+
+def test_names_sort_experts_numerically(tmp_path):
+    p = "model.layers.0.block_sparse_moe."
+    save_file({f"{p}experts.{e}.w1.weight": torch.zeros(1) for e in (10, 2, 1)}, str(tmp_path / "model.safetensors"))
+    assert ck.open_checkpoint(tmp_path).moe_names(0) == [f"{p}experts.{e}.w1.weight" for e in (1, 2, 10)]

@@ -530,3 +530,12 @@ def test_bf16_layer_on_gpu(layer0, gen, device):
     layer.load_weights(layer0)
     x = torch.randn(300, H, generator=gen).to(device, torch.bfloat16)
     assert_close(layer(x), oracle(layer, x), tol=tolerance(torch.bfloat16))
+
+
+def test_whole_tiny_model_tensor_parallel_on_two_processes():
+    """Issue 6 end to end: every MoE block a TP=2 shard on real processes, logits and greedy tokens as HF's."""
+    from moe_lib.layer import check_tiny_model_tp
+
+    result = check_tiny_model_tp(2)
+    assert result["passed"], result
+    assert [r["rank"] for r in result["ranks"]] == [0, 1]

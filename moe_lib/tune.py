@@ -39,8 +39,8 @@ def candidates(m: int, block_m: int, gated: bool) -> list[dict]:
         space = dict(BLOCK_SIZE_N=[16, 32, 64], BLOCK_SIZE_K=[128, 256], GROUP_SIZE_M=[1], num_warps=[4],
                      num_stages=[3, 4, 5])
     elif m <= 256:
-        space = dict(BLOCK_SIZE_N=[64, 128], BLOCK_SIZE_K=[64, 128], GROUP_SIZE_M=[1],
-                     num_warps=[4, 8] if block_m == 64 else [4], num_stages=[3])
+        space = dict(BLOCK_SIZE_N=[64, 128, 256], BLOCK_SIZE_K=[64, 128], GROUP_SIZE_M=[1],
+                     num_warps=[4, 8], num_stages=[3, 4])
     else:
         space = dict(BLOCK_SIZE_N=[128, 256], BLOCK_SIZE_K=[64], GROUP_SIZE_M=[1, 16], num_warps=[8],
                      num_stages=[3, 4])

@@ -40,3 +40,16 @@ def poison():
 
     with poisoned():
         yield
+
+
+@pytest.fixture
+def no_pyplot_figures():
+    """Figure functions build figures without pyplot: none may appear in pyplot's list (that would leak
+    memory in a long notebook and show twice). Closes any that a failure left."""
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    yield
+    after = plt.get_fignums()
+    plt.close("all")
+    assert after == before, "a figure function registered a figure with pyplot"

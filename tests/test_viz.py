@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -18,14 +17,7 @@ from moe_lib.routing import softmax_fp32, topk_softmax
 SHAPES = [(1, 8, 2), (37, 8, 2), (16, 16, 4), (5, 4, 1)]  # (M, E, top_k)
 
 
-@pytest.fixture(autouse=True)
-def _no_pyplot_figures():
-    """viz builds figures without pyplot: none may appear in pyplot's list. Close any that a failure left."""
-    before = plt.get_fignums()
-    yield
-    after = plt.get_fignums()
-    plt.close("all")
-    assert after == before, "a viz function registered a figure with pyplot"
+pytestmark = pytest.mark.usefixtures("no_pyplot_figures")
 
 
 def _routing(gen: torch.Generator, M: int, E: int, k: int):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -15,15 +14,7 @@ from moe_lib import viz_kernels as vk
 from moe_lib.kernels.align import moe_align_block_size_torch
 from moe_lib.routing import topk_softmax
 
-
-@pytest.fixture(autouse=True)
-def _no_pyplot_figures():
-    """Figures are built without pyplot: none may appear in pyplot's list. Close any that a failure left."""
-    before = plt.get_fignums()
-    yield
-    after = plt.get_fignums()
-    plt.close("all")
-    assert after == before, "a viz_kernels function registered a figure with pyplot"
+pytestmark = pytest.mark.usefixtures("no_pyplot_figures")
 
 
 def _aligned(gen: torch.Generator, M: int, E: int, k: int, block: int, expert_map=None):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -14,15 +13,7 @@ from matplotlib.figure import Figure
 from moe_lib import viz_parallel as vp
 from moe_lib.parallel import expert_owner, plan_eplb, rank_loads
 
-
-@pytest.fixture(autouse=True)
-def _no_pyplot_figures():
-    """Figures are built without pyplot: none may appear in pyplot's list."""
-    before = plt.get_fignums()
-    yield
-    after = plt.get_fignums()
-    plt.close("all")
-    assert after == before, "a viz_parallel function registered a figure with pyplot"
+pytestmark = pytest.mark.usefixtures("no_pyplot_figures")
 
 
 def _png(fig: Figure) -> bytes:

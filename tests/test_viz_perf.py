@@ -9,7 +9,6 @@ import io
 import json
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -24,14 +23,7 @@ CEIL = {"copy_TBps": 3.0, "matmul_TFLOPs": 780.0}
 IMPLS = ("moe_lib", "grouped_mm", "loop")
 
 
-@pytest.fixture(autouse=True)
-def _no_pyplot_figures():
-    """Figures are built without pyplot: none may appear in pyplot's list. Close any that a failure left."""
-    before = plt.get_fignums()
-    yield
-    after = plt.get_fignums()
-    plt.close("all")
-    assert after == before, "a viz_perf function registered a figure with pyplot"
+pytestmark = pytest.mark.usefixtures("no_pyplot_figures")
 
 
 def _run(gen: torch.Generator, tps=(1, 8), ms=(1, 4, 64, 1024), slack=None, gpu="GPU A") -> dict:

@@ -352,6 +352,48 @@ for path, run in zip(bench_files, runs):
 viz_parallel.parallel_bench(runs) if runs else None
 
 # %% [markdown]
+# ## Exercises
+#
+# Two short exercises: shard the weights by hand. Each is a function for you to complete, followed in the
+# same cell by a check that runs it on a few fixed cases (small labelled tensors, so a wrong row shows where
+# it came from) and compares with the library's answer. It shows `PASS`, or the first case that went wrong
+# — the input, what was expected, what your function returned — and the likely mistake. Until you write
+# the body the check says *not solved yet*, and the notebook still runs to the end. Worked solutions:
+# [solutions/07_tensor_parallel_solutions.ipynb](solutions/07_tensor_parallel_solutions.ipynb).
+
+# %%
+from moe_lib.exercises import check_shard_w2, check_shard_w13
+
+# %% [markdown]
+# ### Exercise 1 — shard w13 by hand
+#
+# Write `shard_w13(w13, tp_size, rank)`: rank `rank`'s slice of `w13` (E, 2I, H) — shape (E, 2I/tp, H),
+# the rank's rows of the gate half $W_1$ followed by its rows of the up half $W_3$ (section 2's picture).
+# You may assume $I$ is divisible by `tp_size`.
+
+# %%
+def shard_w13(w13: torch.Tensor, tp_size: int, rank: int) -> torch.Tensor:
+    """(E, 2I, H) -> (E, 2I/tp, H): [w1 rows of this rank; w3 rows of this rank]."""
+    raise NotImplementedError  # your code here
+
+
+check_shard_w13(shard_w13)
+
+# %% [markdown]
+# ### Exercise 2 — shard w2 by hand
+#
+# Write `shard_w2(w2, tp_size, rank)`: rank `rank`'s slice of `w2` (E, H, I) — shape (E, H, I/tp). Which
+# dimension is cut, and why must it be the same slice of $I$ as in exercise 1?
+
+# %%
+def shard_w2(w2: torch.Tensor, tp_size: int, rank: int) -> torch.Tensor:
+    """(E, H, I) -> (E, H, I/tp): this rank's columns of the reduction dimension I."""
+    raise NotImplementedError  # your code here
+
+
+check_shard_w2(shard_w2)
+
+# %% [markdown]
 # ## What you learned
 #
 # * Tensor parallelism gives every rank a $1/tp$ slice of **every** expert along $I$: rows of $W_1$ and

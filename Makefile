@@ -1,4 +1,5 @@
 # Everything a user needs:  make lab  |  make test
+# Lecturers:  make slides  |  make test-browser (JupyterLab in a real browser, a few minutes)
 # Both create .venv on first use (nothing is installed outside it) and are quick afterwards.
 
 PYTHON ?= python3
@@ -18,7 +19,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
                -p no:cacheprovider -o addopts="" -q
 
-.PHONY: setup lab test test-unit test-notebooks test-gpu lint execute clean
+.PHONY: setup lab test test-unit test-notebooks test-gpu test-browser slides sync lint execute clean
 
 setup: $(STAMP)
 
@@ -37,12 +38,13 @@ lab: setup
 	$(VENV)/bin/jupyter lab --no-browser --ip=127.0.0.1 --port=$(PORT) $(ALLOW_ROOT) \
 	    --ServerApp.root_dir=notebooks --LabApp.default_url=/lab/tree/00_overview.ipynb
 
+# tests/browser is the slow real-browser run of `make test-browser`, not part of `make test`.
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --ignore=tests/browser
 	$(PY) -m pytest $(NBVAL_FLAGS) notebooks
 
 test-unit: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --ignore=tests/browser
 
 # One notebook:  make test-notebooks NB=notebooks/02_routing.ipynb
 NB ?= notebooks
@@ -52,6 +54,26 @@ test-notebooks: setup
 # On a GPU machine (no venv needed there):  make test-gpu PY=python3
 test-gpu:
 	$(PY) -m pytest -q -m gpu tests
+
+# JupyterLab in headless chromium (Debian's package; installed with apt-get if missing, which needs root):
+# opens every notebook, runs all cells, checks errors, figures and widgets; screenshots in .browser-test/.
+BROWSER_TIMEOUT ?= 1500
+test-browser: setup
+	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium"; \
+	  export DEBIAN_FRONTEND=noninteractive; apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }; }
+	MOE_LIB_BROWSER_TEST=1 timeout -k 30 $(BROWSER_TIMEOUT) $(PY) -m pytest -p no:cacheprovider -o addopts="" \
+	    -q -rfEs --timeout=900 tests/browser
+
+# reveal.js decks (one per notebook) in build/slides/; open build/slides/02_routing.slides.html in a browser.
+SLIDES_NB ?= notebooks/*.ipynb
+slides: setup
+	$(PY) -m jupyter nbconvert --to slides --output-dir build/slides --SlidesExporter.reveal_scroll=True \
+	    $(SLIDES_NB)
+
+# After editing a notebook's .py pair (or the .ipynb), bring the other file of the pair up to date.
+sync: setup
+	$(VENV)/bin/jupytext --sync notebooks/*.ipynb notebooks/solutions/*.ipynb
 
 # Re-execute notebooks in place (after changing what they use); then commit the outputs.
 execute: setup

@@ -13,7 +13,7 @@
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # # 00 · Overview: the Mixtral MoE layer, as vLLM runs it
 #
 # This series rebuilds one layer of a large language model — the **Mixture-of-Experts (MoE) block of
@@ -30,7 +30,7 @@
 # 4. the road map of notebooks 00–09;
 # 5. a check of the machine these notebooks run on.
 
-# %%
+# %% slideshow={"slide_type": "skip"}
 # %matplotlib inline
 import torch
 
@@ -39,7 +39,7 @@ from moe_lib import runtime, viz
 from moe_lib.config import MIXTRAL_8X7B, MIXTRAL_8X7B_LAYERS, TINY
 from moe_lib.testing import randn, seeded
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 1. What an MoE layer is
 #
 # In a dense transformer, every token goes through the same feed-forward network (FFN). An MoE layer keeps
@@ -68,7 +68,7 @@ from moe_lib.testing import randn, seeded
 # Here is the whole idea on a toy layer (`moe_lib.config.TINY`: 8 experts, top-2, $H = 64$) — six tokens,
 # a random router, and which experts each token is sent to:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 cfg = TINY
 gen = seeded(0)
 x = randn(6, cfg.hidden_size, generator=gen)  # (M, H): six tokens
@@ -86,22 +86,23 @@ for t in range(x.shape[0]):
     pairs = ", ".join(f"expert {e} (w={w:.3f})" for e, w in zip(top_ids[t].tolist(), weights[t].tolist()))
     print(f"token {t}: {pairs}")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Every token lands on its own pair of experts: the work per token is 2 expert MLPs, never 8. The
 # other six experts of that token are simply not computed. (Notebook 02 explains why the softmax runs in
 # fp32 and how ties are broken; notebook 03 runs the experts.)
-#
+
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 2. Mixtral 8x7B's numbers
 #
 # `moe_lib.config.MIXTRAL_8X7B` holds the shape of one MoE block: hidden size $H$, expert width $I$,
 # $E$ experts, top-$k$, and bf16 weights. Let us count, by hand first.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 m = MIXTRAL_8X7B
 print(m)
 print(f"decoder layers, each with one MoE block: {MIXTRAL_8X7B_LAYERS}")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # One expert holds $W_1$ and $W_3$ ($I \times H$ each) and $W_2$ ($H \times I$): $3HI$ parameters. The
 # router is $E \times H$. A token touches its $k$ experts and the (whole, tiny) router:
 #
@@ -109,7 +110,7 @@ print(f"decoder layers, each with one MoE block: {MIXTRAL_8X7B_LAYERS}")
 # P_\text{total} = E\cdot 3HI + EH, \qquad P_\text{active} = k\cdot 3HI + EH .
 # $$
 
-# %%
+# %% slideshow={"slide_type": "-"}
 H, I, E, k = m.hidden_size, m.intermediate_size, m.num_experts, m.top_k
 per_expert = 3 * H * I
 total = E * per_expert + E * H
@@ -126,18 +127,18 @@ print(f"per layer, stored          : {total:>15,}  = {total * bytes_per / 1e9:5.
 print(f"per layer, used per token  : {active:>15,}  = {active * bytes_per / 1e9:5.2f} GB in bf16")
 print(f"fraction used per token    : {active / total:15.1%}")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # A single MoE block of Mixtral holds **1.41 billion** parameters — 2.82 GB of bf16 weights — and a token
 # uses a quarter of them. Across the model's 32 layers:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 L = MIXTRAL_8X7B_LAYERS
 print(f"MoE blocks, all {L} layers : {L * total / 1e9:6.2f} B parameters = {L * total * bytes_per / 1e9:6.1f} GB bf16")
 print(f"used per token            : {L * active / 1e9:6.2f} B parameters = {L * active * bytes_per / 1e9:6.1f} GB bf16")
 print(f"FLOPs per token per layer : {m.flops_per_token() / 1e9:6.3f} GFLOP  (2 per multiply-add)")
 print(f"FLOPs per token, {L} layers: {L * m.flops_per_token() / 1e9:6.1f} GFLOP")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # So the MoE blocks are **45.1 B** of Mixtral's parameters, and a token uses **11.3 B** of them. (The
 # figures usually quoted for the whole model, 46.7 B stored and 12.9 B active, add the dense parts:
 # attention and the embeddings, which every token uses.)
@@ -151,10 +152,10 @@ print(f"FLOPs per token, {L} layers: {L * m.flops_per_token() / 1e9:6.1f} GFLOP"
 #   byte it reads. A batch of tokens shares the weight reads only when tokens pick the same experts —
 #   notebook 03 counts this, notebook 06 measures it.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 viz.moe_parameters(MIXTRAL_8X7B, num_layers=MIXTRAL_8X7B_LAYERS)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 3. The layer vLLM runs
 #
 # In vLLM, Mixtral's MoE block is a module called `MixtralMoE`. Its forward pass is short, and each line
@@ -177,7 +178,7 @@ viz.moe_parameters(MIXTRAL_8X7B, num_layers=MIXTRAL_8X7B_LAYERS)
 # tensor parallelism over $t$ GPUs, each GPU's `w13` is $(E, 2I/t, H)$ and its `w2` is $(E, H, I/t)$:
 # each GPU computes a partial sum of every expert's output, and one all-reduce adds them up.
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 4. The road map
 #
 # | notebook | teaches | lives in `moe_lib` |
@@ -197,7 +198,7 @@ viz.moe_parameters(MIXTRAL_8X7B, num_layers=MIXTRAL_8X7B_LAYERS)
 # comparison prints one line: `PASS`/`FAIL`, and the power of ten just above the relative error
 # $\lVert \text{out} - \text{ref} \rVert / \lVert \text{ref} \rVert$, against a tolerance chosen by dtype.
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 5. Where these notebooks run
 #
 # On a machine with an NVIDIA GPU, the Triton kernels of notebooks 02 and 05 are compiled for it. Without
@@ -205,12 +206,12 @@ viz.moe_parameters(MIXTRAL_8X7B, num_layers=MIXTRAL_8X7B_LAYERS)
 # CPU with numpy — slowly, but exactly enough to check it. (The interpreter does not compute bf16
 # correctly, so the CPU runs use fp32 and small shapes such as `TINY`.) Your machine:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 # NBVAL_IGNORE_OUTPUT
 print(runtime.format_report())
 print(f"moe_lib     : {moe_lib.__version__}")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## What you learned
 #
 # * An MoE layer routes each token to $k$ of $E$ expert MLPs; the output is the routing-weighted sum of

@@ -13,7 +13,7 @@
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # # 02 · Top-k routing: from logits to experts and weights
 #
 # The gate (notebook 01) gave every token a score per expert. Routing turns those $E$ scores into a
@@ -31,7 +31,7 @@
 # rule, the NaN rule — draws the routing, and ends with a Triton kernel that does all four steps in one
 # pass over the logits.
 
-# %%
+# %% slideshow={"slide_type": "skip"}
 # %matplotlib inline
 import moe_lib  # first: without a GPU it switches Triton to its interpreter, before anything imports Triton
 
@@ -51,16 +51,16 @@ from moe_lib.testing import randn, seeded, verdict
 torch.set_printoptions(precision=4, sci_mode=False)
 E, K = TINY.num_experts, TINY.top_k  # 8 experts, top-2
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 1. The four steps, by hand
 #
 # Six tokens' logits. We draw them directly, with unit spread, so that the choices are easy to see.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 logits = randn(6, E, generator=seeded(0))  # (M, E)
 logits
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # **Step 1 — softmax, max-subtracted, in fp32.** For a row $\ell$ with maximum $m$,
 #
 # $$ p_e = \frac{e^{\ell_e - m}}{\sum_{j} e^{\ell_j - m}} . $$
@@ -68,7 +68,7 @@ logits
 # Subtracting $m$ changes nothing mathematically (it cancels between numerator and denominator), but it
 # makes the largest exponent $e^0 = 1$, so nothing can overflow — section 4 shows what happens without it.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 l32 = logits.float()  # (M, E): upcast first, whatever the activation dtype
 shifted = l32 - l32.amax(dim=-1, keepdim=True)  # (M, E), every entry <= 0
 num = shifted.exp()  # (M, E), in (0, 1]
@@ -77,43 +77,43 @@ probs = num / num.sum(dim=-1, keepdim=True)  # (M, E), rows sum to 1
 print(verdict("by hand vs torch.softmax", probs, torch.softmax(l32, dim=-1)))
 print(verdict("by hand vs moe_lib softmax_fp32", probs, softmax_fp32(logits)))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # **Steps 2–3 — the top $k$.** (Step 2, the NaN rule, does nothing on finite logits; section 5 is about
 # it.) We take the top $k$ with a *stable* descending sort: equal values keep their index order, so a tie
 # is won by the lower expert id. Section 3 explains why we do not simply call `torch.topk`.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 sorted_p, sorted_ids = torch.sort(probs, dim=-1, descending=True, stable=True)  # (M, E) each
 top_p, top_ids = sorted_p[:, :K], sorted_ids[:, :K]  # (M, k) each
 print("chosen experts:\n", top_ids)
 print("their probabilities:\n", top_p)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # **Step 4 — renormalize.** The two kept probabilities of a token sum to less than one; dividing by their
 # sum makes the routing weights of every token sum to exactly one, so the layer output is a weighted
 # *average* of the chosen experts' outputs.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 weights = top_p / top_p.sum(dim=-1, keepdim=True)  # (M, k)
 print("routing weights:\n", weights)
 print("row sums:", [f"{s:.4f}" for s in weights.sum(dim=-1).tolist()])
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Now the library, `moe_lib.routing.topk_softmax`. The expert ids must agree **exactly** — a different id
 # means a token computed by a different expert — and the weights to within fp32 rounding:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 ref_weights, ref_ids = topk_softmax(logits, K)
 print("ids equal:", torch.equal(top_ids.int(), ref_ids), "| dtypes:", ref_weights.dtype, ref_ids.dtype)
 print(verdict("weights by hand vs topk_softmax", weights, ref_weights))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # One token's probabilities, its two chosen experts in orange:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 viz.token_probabilities(probs[0], ref_ids[0], title="Token 0: softmax over 8 experts")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 2. Renormalized top-k = a softmax over the top-k logits
 #
 # Write $Z = \sum_j e^{\ell_j}$ for the full softmax denominator. For the chosen set $\mathcal{T}$,
@@ -128,22 +128,22 @@ viz.token_probabilities(probs[0], ref_ids[0], title="Token 0: softmax over 8 exp
 # $Z$ cancels: the weights depend only on the $k$ chosen logits. The other $E - k$ logits decide *which*
 # experts are chosen, never *how much* each counts. Numerically:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 chosen_logits = logits.gather(1, ref_ids.long())  # (M, k)
 print(verdict("softmax over the top-k logits vs topk_softmax", torch.softmax(chosen_logits, dim=-1), ref_weights))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Two consequences. With $k = 1$ every weight is exactly 1 — the layer just picks one expert. And without
 # renormalization (`renormalize=False`, which some other MoE models use) the weights are the raw
 # probabilities and sum to less than one:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 w1, _ = topk_softmax(logits, 1)
 raw, _ = topk_softmax(logits, K, renormalize=False)
 print("k = 1 weights:", [f"{w:.4f}" for w in w1.flatten().tolist()])
 print("renormalize=False, row sums:", [f"{s:.4f}" for s in raw.sum(dim=-1).tolist()])
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 3. Ties go to the lower expert id
 #
 # Two experts with *equal* probability are a real event, not a curiosity: router logits come out of the
@@ -154,22 +154,22 @@ print("renormalize=False, row sums:", [f"{s:.4f}" for s in raw.sum(dim=-1).tolis
 # vLLM's routing kernel scans for the maximum and, among equal values, keeps the lowest index; so does
 # ours. Take a row where experts 1, 2 and 4 share the top score:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 tied = torch.tensor([[0.5, 1.0, 1.0, 0.2, 1.0, -0.3, 0.0, 0.7]])  # (1, E)
 w_tied, ids_tied = topk_softmax(tied, K)
 print("topk_softmax ids:", ids_tied.tolist(), "weights:", [f"{w:.4f}" for w in w_tied[0].tolist()])
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Why not `torch.topk`? Its documentation promises the $k$ largest *values*, but says that the indices of
 # tied elements are not guaranteed to be stable and may vary between calls. On this CPU, for a row of
 # eight equal probabilities — a router whose logits are all equal:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 uniform = torch.full((1, E), 1.0 / E)  # (1, E): eight equal probabilities
 print("torch.topk         :", torch.topk(uniform, K).indices.tolist())
 print("stable sort (ours) :", torch.sort(uniform, dim=-1, descending=True, stable=True).indices[:, :K].tolist())
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # `torch.topk` returned experts 6 and 5 here (another version, device or row length may return yet
 # another pair). A stable sort keeps equal elements in their original order, so the first $k$ of a
 # descending stable sort are exactly "the largest, lowest id first". That is why `moe_lib` uses it.
@@ -178,7 +178,7 @@ print("stable sort (ours) :", torch.sort(uniform, dim=-1, descending=True, stabl
 # $(k{+}1)$-th probabilities are equal (the tie rule decides), and the rows where `torch.topk` picks a
 # different *set* of experts than the rule:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 logits_bf16 = randn(20_000, E, generator=seeded(5)).bfloat16()  # (M, E): as a bf16 gate would give them
 p = softmax_fp32(logits_bf16)  # (M, E) fp32
 p_sorted = torch.sort(p, dim=-1, descending=True, stable=True).values
@@ -188,17 +188,18 @@ print(f"rows with a tie at the top-{K} edge : {(p_sorted[:, K - 1] == p_sorted[:
 print(f"rows where torch.topk's set differs : "
       f"{(topk_ids.sort(dim=-1).values != rule_ids.sort(dim=-1).values).any(dim=-1).sum().item()}")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # A few tokens in ten thousand — at serving scale that is many tokens per second sent to a different
 # expert than vLLM would send them. A reference that breaks ties differently cannot be compared with the
 # real layer token by token, so the rule is part of the specification.
-#
+
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 4. Why fp32
 #
 # **Range.** $e^x$ overflows fp16 above $x \approx 11.1$ and fp32 above $x \approx 88.7$. Without the
 # max subtraction, one large logit turns a row into $\infty/\infty = \text{NaN}$:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 big_fp16 = torch.tensor([[12.0, 10.0, 3.0, 0.0]], dtype=torch.float16)
 big_fp32 = torch.tensor([[100.0, 95.0, 3.0, 0.0]])
 for row in (big_fp16, big_fp32):
@@ -206,14 +207,14 @@ for row in (big_fp16, big_fp32):
     print(f"{str(row.dtype):14} naive: {naive.float().tolist()}   max-subtracted: "
           f"{[round(v, 4) for v in softmax_fp32(row)[0].tolist()]}")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # **Precision.** bf16 has the range of fp32 but only 8 significant bits. When a softmax's *output* is
 # rounded to bf16, two probabilities closer than one bf16 step (0.4–0.8 % of their value) can round to
 # the same number. Two distinct logits then become a tie, which the tie rule resolves towards the lower
 # id — the *wrong* expert, when the higher id had the larger logit. The probabilities also stop summing
 # to one. Compare, on the same 20,000 bf16 logit rows:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 for dtype in (torch.bfloat16, torch.float16):
     p_low = torch.softmax(logits_bf16.to(dtype), dim=-1).float()  # softmax output rounded to dtype
     low_ids = torch.sort(p_low, dim=-1, descending=True, stable=True).indices[:, :K]
@@ -222,11 +223,11 @@ for dtype in (torch.bfloat16, torch.float16):
     print(f"{str(dtype):15}: {changed.sum().item():3d} tokens get another expert; "
           f"row sums off by up to {drift:.1e}")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # One such token. Experts 2 and 3 have distinct bf16 logits, so fp32 ranks expert 3 above expert 2; the
 # bf16 softmax rounds both probabilities to the same value, and the tie goes to expert 2:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 p_bf16 = torch.softmax(logits_bf16, dim=-1)  # (M, E) bf16
 bf16_ids = torch.sort(p_bf16.float(), dim=-1, descending=True, stable=True).indices[:, :K]
 row = (bf16_ids.sort(dim=-1).values != rule_ids.sort(dim=-1).values).any(dim=-1).nonzero()[0, 0].item()
@@ -236,11 +237,12 @@ for e in swapped:
     print(f"  expert {e}: logit {logits_bf16[row, e].item():+.6f}   fp32 p = {p[row, e].item():.6f}"
           f"   bf16 p = {p_bf16[row, e].item():.6f}")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # fp16, with 11 significant bits, changed no token in this sample, but its sums drift too, and its range
 # is what broke the first example. Computing in fp32 costs nothing measurable — routing reads an
 # $(M, E)$ tensor, tiny next to the experts' weights — so vLLM does it, and so do we.
-#
+
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 5. NaN and Inf
 #
 # If a hidden state contains a NaN (a numerical failure upstream), every logit of that token is NaN, and
@@ -251,7 +253,7 @@ for e in swapped:
 # Four rows: a NaN logit, a $+\infty$ logit ($\infty - \infty$ = NaN poisons the row), a $-\infty$ logit
 # (a clean probability of 0 — that expert is simply never chosen), and a row that is all $-\infty$:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 nan, inf = float("nan"), float("inf")
 special = torch.tensor([
     [0.5, 1.0, -0.5, nan, 0.0, 0.2, -1.0, 0.3],
@@ -263,10 +265,10 @@ w_special, ids_special = topk_softmax(special, K)
 for name, w, i in zip(["NaN logit", "+inf logit", "-inf logit", "all -inf"], w_special, ids_special):
     print(f"{name:11}: ids {i.tolist()}  weights {[f'{v:.4f}' for v in w.tolist()]}")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Hugging Face's router has no such rule: the same NaN token gets NaN weights there.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 hf_router = MixtralTopKRouter(MixtralConfig(hidden_size=TINY.hidden_size, num_local_experts=E,
                                             num_experts_per_tok=K))
 gate = MoEGate(TINY.hidden_size, E, generator=seeded(1))
@@ -279,7 +281,7 @@ with torch.no_grad():
 print("HF weights of the NaN token  :", hf_w[1].tolist())
 print("our weights, ids of the token:", ours_w[1].tolist(), ours_ids[1].tolist())
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 6. Pictures of the routing
 #
 # For a batch of 64 tokens: the **load** of each expert — how many (token, slot) pairs chose it — and the
@@ -287,22 +289,22 @@ print("our weights, ids of the token:", ours_w[1].tolist(), ours_ids[1].tolist()
 # random logits get close, real routers can be far more uneven, and the kernels must cope with that
 # (notebooks 04 and 08).
 
-# %%
+# %% slideshow={"slide_type": "-"}
 batch_logits = randn(64, E, generator=seeded(3))  # (M, E)
 batch_w, batch_ids = topk_softmax(batch_logits, K)
 viz.expert_load(batch_ids, E)
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 viz.routing_heatmap(batch_w[:24], batch_ids[:24], E, title="Routing weights, first 24 tokens")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Try it
 #
 # Move the sliders: `top_k` from 1 to 8, and the number of tokens. Watch the load even out as the batch
 # grows, and the map fill up as $k$ approaches $E$ (at $k = E$ every token visits every expert — a dense
 # layer, but weighted). The figure is drawn when the cell runs, and redrawn whenever a slider is released.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 figure_area = Output()
 
 
@@ -322,17 +324,17 @@ controls = interactive(
 )
 VBox([controls, figure_area])
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 7. The Triton kernel
 #
 # `topk_softmax` above is a sequence of torch operations, each reading and writing an $(M, E)$ tensor in
 # memory. `moe_lib.routing.topk_softmax_triton` does the whole routing **in one kernel**: each row's
 # logits are read once, and everything else happens in registers. Here is its source:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 print(inspect.getsource(topk_softmax_kernel.fn))  # .fn: the Python function under the @triton.jit wrapper
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # A walk through it:
 #
 # * **One program per block of rows.** The launch grid is $\lceil M / \texttt{BLOCK\_M} \rceil$ programs;
@@ -353,19 +355,19 @@ print(inspect.getsource(topk_softmax_kernel.fn))  # .fn: the Python function und
 #
 # On this machine the kernel runs in the Triton interpreter (or compiled, on a GPU):
 
-# %%
+# %% slideshow={"slide_type": "-"}
 # NBVAL_IGNORE_OUTPUT
 device = runtime.default_device()
 print("device:", device, "| Triton interpreter:", runtime.INTERPRET)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Checked against `topk_softmax`
 #
 # Ids must match **exactly**, weights within fp32 tolerance — on random logits, on logits full of ties
 # (small integers), on the NaN/Inf rows, for several $k$, and without renormalization. (fp32 logits: the
 # interpreter does not compute bf16 correctly.)
 
-# %%
+# %% slideshow={"slide_type": "-"}
 cases = {
     "random logits, M=1000": randn(1000, E, generator=seeded(6), scale=2.0),
     "integer logits (many ties)": torch.randint(-2, 3, (500, E), generator=seeded(7)).float(),
@@ -376,7 +378,7 @@ for name, case in cases.items():
     w_r, ids_r = topk_softmax(case, K)
     print(f"ids equal: {torch.equal(ids_t.cpu(), ids_r)} | " + verdict(f"triton vs torch, {name}", w_t.cpu(), w_r))
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 case = cases["random logits, M=1000"]
 for k in (1, 2, 4, 8):
     for renormalize in (True, False):
@@ -385,14 +387,14 @@ for k in (1, 2, 4, 8):
         print(f"k={k} ids equal: {torch.equal(ids_t.cpu(), ids_r)} | "
               + verdict(f"renormalize={renormalize!s:5}", w_t.cpu(), w_r))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Checked against Hugging Face's router
 #
 # Finally the whole path against an independent implementation: our gate, then the Triton kernel, versus
 # Hugging Face's `MixtralTopKRouter` holding the same weight — fresh random tokens, no ties, so the two
 # tie rules cannot disagree.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 tokens = randn(256, TINY.hidden_size, generator=seeded(8))  # (M, H)
 gate = MoEGate(TINY.hidden_size, E, generator=seeded(9))
 with torch.no_grad():
@@ -402,7 +404,7 @@ with torch.no_grad():
 print("ids equal:", torch.equal(ids_t.cpu().long(), hf_ids))
 print(verdict("MoEGate + topk_softmax_triton vs HF MixtralTopKRouter", w_t.cpu(), hf_w))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## What you learned
 #
 # * Routing is: fp32 softmax (max-subtracted) → NaN/Inf to 0 → top-$k$ with ties to the lower id →
@@ -417,3 +419,47 @@ print(verdict("MoEGate + topk_softmax_triton vs HF MixtralTopKRouter", w_t.cpu()
 #
 # **Next — [03 · the reference MoE](03_reference.ipynb):** running the chosen experts — a loop over
 # experts, SiLU-and-mul, the weighted sum — checked against Hugging Face's `MixtralSparseMoeBlock`.
+
+# %% [markdown] slideshow={"slide_type": "slide"}
+# ## Exercises
+#
+# Two short exercises. Each is a function for you to complete, followed in the same cell by a check:
+# it runs your function on a few fixed and random cases and compares the result with the library's. It
+# shows `PASS`, or the first case that went wrong — the input, what was expected, what your function
+# returned — and the likely mistake. Until you write the body, the check says *not solved yet*, and the
+# notebook still runs to the end. Worked solutions:
+# [solutions/02_routing_solutions.ipynb](solutions/02_routing_solutions.ipynb).
+
+# %% slideshow={"slide_type": "-"}
+from moe_lib.exercises import check_renormalize, check_topk_ids
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Exercise 1 — the renormalization
+#
+# Write `renormalize(topk_probs)`: the $(M, k)$ probabilities of the chosen experts in, the $(M, k)$
+# routing weights out — each token's weights divided by their sum, so that they add up to one. Mind
+# section 5: a token whose logits held a NaN has probabilities 0, and the rule is to divide by 1 when the
+# sum is $\le 0$.
+
+# %% slideshow={"slide_type": "-"}
+def renormalize(topk_probs: torch.Tensor) -> torch.Tensor:
+    """(M, k) chosen probabilities -> (M, k) weights summing to 1 per token (divide by 1 if the sum is <= 0)."""
+    raise NotImplementedError  # your code here
+
+
+check_renormalize(renormalize)
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Exercise 2 — top-k with the tie rule
+#
+# Write `topk_ids(probs, k)`: for $(M, E)$ probabilities, the integer ids of each token's $k$ largest,
+# largest first, and among equal probabilities the **lower** expert id first (section 3). The check
+# includes rows full of ties.
+
+# %% slideshow={"slide_type": "-"}
+def topk_ids(probs: torch.Tensor, k: int) -> torch.Tensor:
+    """(M, E) probabilities -> (M, k) expert ids, largest first, ties to the lower id."""
+    raise NotImplementedError  # your code here
+
+
+check_topk_ids(topk_ids)

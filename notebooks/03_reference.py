@@ -13,7 +13,7 @@
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # # 03 · The reference MoE: running the chosen experts
 #
 # Routing (notebook 02) told every token which $k$ experts to visit and with what weight. What remains is
@@ -31,7 +31,7 @@
 # fast kernel in the later notebooks is compared with. The notebook ends by counting what the layer costs
 # per token: FLOPs, and the weight bytes a batch of tokens has to read.
 
-# %%
+# %% slideshow={"slide_type": "skip"}
 # %matplotlib inline
 import moe_lib  # first: without a GPU it switches Triton to its interpreter, before anything imports Triton
 
@@ -49,7 +49,7 @@ from moe_lib.testing import randn, seeded, tolerance, verdict
 
 torch.set_printoptions(precision=4, sci_mode=False)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 1. Weights in the fused layout
 #
 # As in vLLM (and Hugging Face `transformers` 5), the two up projections of every expert are stored
@@ -62,7 +62,7 @@ torch.set_printoptions(precision=4, sci_mode=False)
 # We draw them at random with a $1/\sqrt{\text{fan-in}}$ scale, so activations stay of order one, and
 # route 16 tokens with a gate as in notebooks 01–02.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 cfg = TINY
 E, K, H, I = cfg.num_experts, cfg.top_k, cfg.hidden_size, cfg.intermediate_size
 gen = seeded(0)
@@ -76,14 +76,14 @@ with torch.no_grad():
 print("w13", tuple(w13.shape), "| w2", tuple(w2.shape), "| x", tuple(x.shape))
 print("token 0 goes to experts", topk_ids[0].tolist(), "with weights", [f"{w:.4f}" for w in topk_weights[0].tolist()])
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 2. One token, by hand
 #
 # Token 0, one expert at a time: a GEMV against `w13[e]` gives the gate and up halves; SiLU of the gate
 # half times the up half is the expert's hidden activation (width $I$); a GEMV against `w2[e]` brings it
 # back to width $H$; the routing weight scales it.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 t = 0
 y_t = torch.zeros(H)
 for w, e in zip(topk_weights[t].tolist(), topk_ids[t].tolist()):
@@ -93,11 +93,11 @@ for w, e in zip(topk_weights[t].tolist(), topk_ids[t].tolist()):
     y_t += w * (w2[e] @ act)  # (H,)
 print("y_0[:6] =", y_t[:6])
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Two library pieces appear here. `silu_and_mul` is the activation on the fused $(…, 2I)$ GEMM output —
 # first half through SiLU, times the second half — and `moe_reference` is the whole layer:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 e = topk_ids[t, 0].item()
 gate_up = w13[e] @ x[t]  # (2I,)
 print(verdict("silu(g) * up by hand vs silu_and_mul", gate_up[:I] * torch.sigmoid(gate_up[:I]) * gate_up[I:],
@@ -107,13 +107,13 @@ print(verdict("g * sigmoid(g) vs F.silu", gate_up[:I] * torch.sigmoid(gate_up[:I
 out = moe_reference(x, w13, w2, topk_weights, topk_ids)  # (M, H)
 print(verdict("token 0 by hand vs moe_reference", y_t, out[t]))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 3. The same for a few tokens — and why the library loops over experts instead
 #
 # The direct translation of the formula loops over tokens and, inside, over their $k$ slots. Each step is
 # a matrix–*vector* product: a whole expert's weights are read to serve a single token.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 def moe_token_loop(x, w13, w2, topk_weights, topk_ids):
     """Token-major: for each token, for each of its k experts. Clear, and slow."""
     out = torch.zeros_like(x)  # (M, H)
@@ -126,13 +126,13 @@ def moe_token_loop(x, w13, w2, topk_weights, topk_ids):
 print(verdict("token loop vs moe_reference, 4 tokens", moe_token_loop(x[:4], w13, w2, topk_weights[:4], topk_ids[:4]),
               out[:4]))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # `moe_reference` turns the loop inside out: **for each expert**, gather every token that chose it, run
 # the expert once on that whole group — a matrix–*matrix* product — and add the weighted result back into
 # those tokens' rows. Same sums, different order. It is the shape every fast MoE implementation takes,
 # including the fused kernel of notebook 05: group by expert, one GEMM per group. Here it is inline:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 out_em = torch.zeros_like(x)  # (M, H)
 group_sizes = []
 for e in range(E):
@@ -147,11 +147,12 @@ print("tokens per expert:", group_sizes, "| total", sum(group_sizes), "= M * k =
 print(verdict("expert loop vs moe_reference", out_em, out))
 print(verdict("expert loop vs token loop", out_em, moe_token_loop(x, w13, w2, topk_weights, topk_ids)))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # The group sizes vary from expert to expert and from batch to batch — this is why the fused kernel needs
 # the *alignment* step of notebook 04, which sorts the (token, slot) pairs by expert and pads each group to
 # a multiple of the kernel's tile height.
-#
+
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 4. fp64: a reference for the reference
 #
 # A kernel running in bf16 will differ from an fp32 reference by bf16 rounding — but the fp32 reference
@@ -159,7 +160,7 @@ print(verdict("expert loop vs token loop", out_em, moe_token_loop(x, w13, w2, to
 # float64: an oracle whose own error ($\sim 10^{-16}$) is negligible against any tolerance we use. Every
 # comparison below is against it, with a tolerance set by the lowest precision that took part.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 oracle = moe_reference(x, w13, w2, topk_weights, topk_ids, fp64=True)  # (M, H) float64
 print("oracle dtype:", oracle.dtype)
 print(verdict("fp32 reference vs fp64 oracle", out, oracle))
@@ -168,13 +169,14 @@ for dtype in (torch.float16, torch.bfloat16):
     low = moe_reference(x.to(dtype), w13.to(dtype), w2.to(dtype), topk_weights, topk_ids)  # (M, H) in dtype
     print(verdict(f"{str(dtype).replace('torch.', '')} reference vs fp64 oracle", low, oracle, tol=tolerance(dtype)))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # The error grows as the number of significant bits shrinks — fp32 (24 bits) below $10^{-6}$, fp16 (11)
 # below $10^{-3}$, bf16 (8) below $10^{-2}$ — and `moe_lib.testing.tolerance` sets each dtype's
 # tolerance a little above that.
 # (These low-precision runs use PyTorch on the CPU, which handles bf16 correctly; only the Triton
 # interpreter does not.)
-#
+
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 5. Checked against Hugging Face's `MixtralSparseMoeBlock`
 #
 # Hugging Face `transformers` 5 keeps Mixtral's experts in our very layout: `experts.gate_up_proj` is
@@ -186,7 +188,7 @@ for dtype in (torch.float16, torch.bfloat16):
 # three. And we name the experts implementation (`"eager"`, the plain loop) in the config: left unset,
 # the block warns about it at its first call. Its forward takes `(batch, seq, H)`.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 hf_config = MixtralConfig(
     hidden_size=H,
     intermediate_size=I,
@@ -205,13 +207,13 @@ print("HF output:", tuple(hf_out.shape))
 print(verdict("HF block vs gate + topk_softmax + moe_reference", hf_out.view(-1, H), out))
 print(verdict("HF block vs fp64 oracle", hf_out.view(-1, H), oracle))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # And in float64? Convert the block with `.double()` and it computes the experts in float64 — but its
 # router still upcasts the logits with `.float()`: **routing is fp32 even in an fp64 model**. Its weights
 # therefore carry fp32 rounding, and our fp64 oracle, fed our own fp32 routing, would differ at the
 # $10^{-8}$ level. To compare the expert arithmetic alone, we give the oracle HF's routing:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 x64 = x.double()
 block64 = block.double()
 with torch.no_grad():
@@ -221,7 +223,7 @@ print("HF routing weights in the fp64 block:", hf_w.dtype)
 oracle_hf = moe_reference(x64, w13.double(), w2.double(), hf_w, hf_ids, fp64=True)
 print(verdict("HF block (fp64) vs moe_reference(fp64=True), same routing", hf_out64, oracle_hf))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 6. What a token costs
 #
 # **FLOPs.** Per token and chosen expert: the `w13` GEMV is $2I \times H$ multiply-adds, the `w2` GEMV
@@ -233,7 +235,7 @@ print(verdict("HF block (fp64) vs moe_reference(fp64=True), same routing", hf_ou
 # (SiLU, the product and the weighted sum add $O(kI + kH)$ — negligible.) `MoEConfig.flops_per_token()`
 # computes the same.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 m = MIXTRAL_8X7B
 flops = 2 * (3 * m.top_k * m.hidden_size * m.intermediate_size + m.num_experts * m.hidden_size)
 assert flops == m.flops_per_token()
@@ -243,7 +245,7 @@ print(f"Mixtral, per token and layer : {flops / 1e9:.3f} GFLOP")
 print(f"one expert's weights (bf16)  : {expert_bytes / 1e6:.1f} MB")
 print(f"a token's own activations    : {act_bytes / 1e3:.1f} kB per expert visited")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # **Bytes.** A token's own data is about a hundred kilobytes; the expert weights it needs are hundreds of
 # megabytes. So the cost of a layer call is driven by *which experts the batch touches*: every touched
 # expert's weights must be read from memory at least once, however few tokens chose it. With $M$ tokens
@@ -254,7 +256,7 @@ print(f"a token's own activations    : {act_bytes / 1e3:.1f} kB per expert visit
 # First a check of that formula against simulated routing (random logits through `topk_softmax`), then
 # against the copy in `moe_lib.viz` that draws the figure below:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 trials = 2000
 for M in (1, 2, 4, 8, 16):
     formula = E * (1 - (1 - K / E) ** M)
@@ -264,11 +266,11 @@ for M in (1, 2, 4, 8, 16):
     assert abs(formula - viz.expected_experts_touched(E, K, M)) < 1e-12
     print(f"M = {M:2d}: formula {formula:.2f} experts, simulation {simulated:.2f}")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # For Mixtral, per layer call, against the batch size $M$: the expected weight bytes read, the bytes per
 # token, and the **arithmetic intensity** — FLOPs per byte of weights read.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 print(f"{'M':>5} {'experts':>8} {'weights read':>13} {'per token':>11} {'FLOP/byte':>10}")
 for M in (1, 2, 4, 8, 16, 32, 64, 256, 1024, 4096):
     touched = m.num_experts * (1 - (1 - m.top_k / m.num_experts) ** M)
@@ -276,7 +278,7 @@ for M in (1, 2, 4, 8, 16, 32, 64, 256, 1024, 4096):
     intensity = M * 2 * 3 * m.top_k * m.hidden_size * m.intermediate_size / weight_bytes
     print(f"{M:>5} {touched:>8.2f} {weight_bytes / 1e9:>10.2f} GB {weight_bytes / M / 1e6:>8.1f} MB {intensity:>10.1f}")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # One token reads 2 experts (0.70 GB) and does one FLOP per byte. By $M \approx 16$ nearly all 8 experts
 # are touched, and from then on the bytes stay at 2.82 GB while the FLOPs grow with $M$: the intensity
 # climbs as $M k / E = M/4$.
@@ -286,7 +288,7 @@ for M in (1, 2, 4, 8, 16, 32, 64, 256, 1024, 4096):
 # 258 FLOP/byte — reached only around $M \approx 1000$. Below that the layer is **memory-bound**: its
 # fastest possible time is the weight bytes over the bandwidth, whatever the kernel does with the FLOPs.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 peak_flops, bandwidth = 766e12, 2.97e12  # H100 ceilings measured for this project (notebook 06)
 print(f"ridge point: {peak_flops / bandwidth:.0f} FLOP/byte")
 for M in (1, 64, 4096):
@@ -296,13 +298,14 @@ for M in (1, 64, 4096):
     bound = "memory" if t_mem > t_flop else "compute"
     print(f"M = {M:4d}: floor {max(t_mem, t_flop) * 1e6:6.0f} µs  ({bound}-bound)")
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 viz.weight_traffic(m, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096],
                    ridge_flops_per_byte=peak_flops / bandwidth)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Notebook 06 measures real kernels against these floors.
-#
+
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## What you learned
 #
 # * The MoE output is, per token, the routing-weighted sum of $k$ SwiGLU experts:
@@ -316,3 +319,50 @@ viz.weight_traffic(m, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096],
 #
 # **Next — 04 · alignment:** sorting the (token, slot) pairs by expert and padding each group to the
 # kernel's tile size, so that one Triton launch can run all experts' GEMMs.
+
+# %% [markdown] slideshow={"slide_type": "slide"}
+# ## Exercises
+#
+# Two short exercises. Each is a function for you to complete, followed in the same cell by a check:
+# it runs your function on a few fixed and random cases and compares the result with the library's. It
+# shows `PASS`, or the first case that went wrong — the input, what was expected, what your function
+# returned — and the likely mistake. Until you write the body, the check says *not solved yet*, and the
+# notebook still runs to the end. Worked solutions:
+# [solutions/03_reference_solutions.ipynb](solutions/03_reference_solutions.ipynb).
+
+# %% slideshow={"slide_type": "-"}
+from moe_lib.exercises import check_moe_forward, check_silu_and_mul
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Exercise 1 — SiLU-and-mul
+#
+# Write `my_silu_and_mul(gate_up)`, your own version of the library's `silu_and_mul` (the cells above use
+# that one, so yours gets its own name): for the output of the fused `w13` GEMM, shape $(\dots, 2I)$, return
+# $\operatorname{silu}(g) \odot u$ of shape $(\dots, I)$, where $g$ is the first half of the last dimension
+# (the gate, $W_1 x$) and $u$ the second half (up, $W_3 x$). Use $\operatorname{silu}(z) = z\,\sigma(z)$,
+# with `torch.sigmoid`.
+
+# %% slideshow={"slide_type": "-"}
+def my_silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """(..., 2I) -> (..., I): silu(first half) * second half."""
+    raise NotImplementedError  # your code here
+
+
+check_silu_and_mul(my_silu_and_mul)
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Exercise 2 — the whole layer
+#
+# Write `moe_forward(x, w13, w2, topk_weights, topk_ids)`: the MoE output $(M, H)$ for tokens $x$ $(M, H)$,
+# weights `w13` $(E, 2I, H)$ and `w2` $(E, H, I)$, and the routing $(M, k)$. Loop over tokens or over
+# experts, as you like (section 3 did both) — but write the expert arithmetic yourself rather than calling
+# `moe_reference`.
+
+# %% slideshow={"slide_type": "-"}
+def moe_forward(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
+                topk_ids: torch.Tensor) -> torch.Tensor:
+    """The routing-weighted sum of each token's k SwiGLU experts: (M, H)."""
+    raise NotImplementedError  # your code here
+
+
+check_moe_forward(moe_forward)

@@ -13,7 +13,7 @@
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # # 04 · Alignment: sorting the rows by expert, padded to `BLOCK_M`
 #
 # Notebook 03 ended with the loop over experts: gather the tokens that chose expert $e$, run one GEMM on
@@ -40,7 +40,7 @@
 # We derive the three by hand, draw them, measure what the padding costs, see how expert parallelism marks
 # experts that live on another GPU, and finish with the Triton version and its three passes.
 
-# %%
+# %% slideshow={"slide_type": "skip"}
 # %matplotlib inline
 import moe_lib  # first: without a GPU it switches Triton to its interpreter, before anything imports Triton
 
@@ -66,13 +66,13 @@ from moe_lib.testing import randn, seeded
 E, K = TINY.num_experts, TINY.top_k  # 8 experts, top-2
 device = runtime.default_device()  # where the Triton kernels run: the GPU, or the CPU interpreter
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 1. Flat ids
 #
 # Six tokens, routed as in notebook 02 (random logits → fp32 softmax → top-2). Each of the $M k = 12$
 # (token, slot) pairs is one row of the expert GEMMs, named by its flat id:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 M, BLOCK_M = 6, 4
 _, topk_ids = topk_softmax(randn(M, E, generator=seeded(0)), K)  # (M, k) int32
 flat = topk_ids.flatten()  # (M*k,): flat id i is token i // k, slot i % k
@@ -84,7 +84,7 @@ print("token   :", " ".join(f"{i // K:2d}" for i in range(numel)))
 print("slot    :", " ".join(f"{i % K:2d}" for i in range(numel)))
 print("expert  :", " ".join(f"{e:2d}" for e in flat.tolist()))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 2. The three outputs, by hand
 #
 # Count the rows of each expert and round each count **up** to whole blocks; the groups then follow one
@@ -92,7 +92,7 @@ print("expert  :", " ".join(f"{e:2d}" for e in flat.tolist()))
 # sort by expert lists the flat ids group by group, ascending inside each group; a row's position inside
 # its group is its rank among the rows of that expert.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 counts = torch.bincount(flat, minlength=E)  # (E,) rows per expert
 padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M  # (E,) rounded up to whole blocks
 starts = torch.cumsum(padded, 0) - padded  # (E,) first slot of each expert's group
@@ -104,12 +104,12 @@ print("rows per expert  :", counts.tolist())
 print("padded to blocks :", padded.tolist())
 print("group starts     :", starts.tolist())
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # The buffers are allocated for the **worst case** (section 4 explains why): every expert may waste up to
 # `BLOCK_M − 1` slots, so `max_len = numel + E (BLOCK_M − 1)`. Padding and everything past the padded
 # total hold the sentinel `numel`; `expert_ids` holds −1 past the last block in use.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 max_len = numel + E * (BLOCK_M - 1)
 max_blocks = triton.cdiv(max_len, BLOCK_M)
 
@@ -126,7 +126,7 @@ for b in range(max_blocks):
     print(f"block {b}: slots {sorted_token_ids[b * BLOCK_M:(b + 1) * BLOCK_M].tolist()}  expert {expert_ids[b].item():2d}")
 print("num_tokens_post_padded =", num_tokens_post_padded.tolist())
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Read block 0: slot 0 holds flat id 11 — token 5's second choice, expert 1 — and the other three slots
 # hold 12, the sentinel: padding. Experts 0 and 2 got no rows, so they have no blocks. After the last
 # group, 24 slots in, the buffer continues with sentinels up to `max_len`, and `expert_ids` with −1.
@@ -134,27 +134,28 @@ print("num_tokens_post_padded =", num_tokens_post_padded.tolist())
 # The library's specification, `moe_align_block_size_torch`, computes the same thing one expert at a
 # time (a loop with `torch.nonzero`). The outputs must be **bit-identical**:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 spec = moe_align_block_size_torch(topk_ids, BLOCK_M, E)
 mine = (sorted_token_ids, expert_ids, num_tokens_post_padded)
 ok = all(torch.equal(a, b) for a, b in zip(mine, spec))
 print(f"{'PASS' if ok else 'FAIL'}  by hand vs moe_align_block_size_torch: all three outputs equal")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 3. The picture
 #
 # The same layout as a strip of slots, coloured by expert, with the flat id in each slot. Padding slots are
 # hatched grey; thick lines separate the blocks, each labelled with its `expert_ids` entry; white slots lie
 # past `num_tokens_post_padded` — allocated, never used.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 viz_kernels.alignment_layout(*spec, block_size=BLOCK_M, num_valid=numel, num_experts=E,
                              title=f"{M} tokens x top-{K}, BLOCK_M = {BLOCK_M}")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Each block is one row-tile of the kernel: the program for block 2 loads `w13[4]` and computes the rows
 # of flat ids 0 and 7 (tokens 0 and 3); its two padding rows are masked — never loaded, never stored.
-#
+
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 4. How long can it get?
 #
 # An expert with $n_e$ rows occupies $\lceil n_e / B \rceil B$ slots (writing $B$ for `BLOCK_M`), at most
@@ -166,19 +167,20 @@ viz_kernels.alignment_layout(*spec, block_size=BLOCK_M, num_valid=numel, num_exp
 # The bound is reached when every expert gets one row more than a multiple of $B$. Four tokens that cover
 # the eight experts once each do it:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 worst_ids = torch.arange(8, dtype=torch.int32).view(4, 2)  # (M=4, k=2): every expert gets exactly one row
 _, _, worst_total = moe_align_block_size_torch(worst_ids, BLOCK_M, E)
 print("align_sizes(numel=8, BLOCK_M=4, E=8) -> (max_len, max_blocks) =", align_sizes(8, BLOCK_M, E))
 print("num_tokens_post_padded =", worst_total.item(), "= 8 rows + 8 experts x 3 padding slots")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Why allocate the worst case instead of the exact size? The exact total is only known after the routing
 # has run **on the GPU**. Reading it back to the host would stall the CPU until the GPU catches up, and it
 # would make the buffer sizes — and the kernel's grid — depend on data, which CUDA graphs (notebook 06)
 # cannot replay. So the sizes depend only on $M$, $k$, $E$ and $B$; `num_tokens_post_padded` stays a
 # one-element tensor **on the device**, and the kernel's programs past it return at once.
-#
+
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 5. What the padding costs
 #
 # Padding rows are computed by nobody — they are masked — but they still occupy the lanes of the tiles
@@ -186,7 +188,7 @@ print("num_tokens_post_padded =", worst_total.item(), "= 8 rows + 8 experts x 3 
 # is $1 - Mk / \texttt{num\_tokens\_post\_padded}$. Measured on random routing (E = 8, top-2) for the block
 # sizes the GPU configuration uses, with the Triton alignment, against the worst case:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 token_counts = [2**i for i in range(13)]  # M = 1 ... 4096
 block_sizes = [16, 32, 64, 128]
 wasted = {b: [] for b in block_sizes}
@@ -202,10 +204,10 @@ for i, m in enumerate(token_counts):
     if m in (1, 16, 256, 4096):
         print(f"{m:>6}" + "".join(f"{100 * wasted[b][i]:12.1f}%" for b in block_sizes))
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 viz_kernels.padding_waste(token_counts, wasted, num_experts=E, top_k=K)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # At decode-sized batches most of the rows computed are padding: one token with $B = 16$ fills 2 of the
 # 32 rows of its two blocks. That is cheaper than it sounds — at small $M$ the layer is bound by reading
 # the expert **weights** (notebook 03), and a padded row reuses weights the block loads anyway. For large
@@ -213,12 +215,12 @@ viz_kernels.padding_waste(token_counts, wasted, num_experts=E, top_k=K)
 # why the GPU's default configuration lets `BLOCK_M` grow with $M$: 16 up to $M = 32$, then 32, 64, and
 # 128 above $M = 512$ — big tiles only once the groups are long enough to fill them.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 m, b = 4096, 128
 print(f"M={m}, BLOCK_M={b}: estimate E(B-1)/(2Mk) = {100 * E * (b - 1) / (2 * m * K):.1f} %,"
       f" measured {100 * wasted[b][token_counts.index(m)]:.1f} %")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Try it
 #
 # Pick `BLOCK_M` and the number of tokens; the layout is re-aligned (with the Triton kernel) and redrawn,
@@ -226,7 +228,7 @@ print(f"M={m}, BLOCK_M={b}: estimate E(B-1)/(2Mk) = {100 * E * (b - 1) / (2 * m 
 # hatched until the groups grow. The figure is drawn when the cell runs, and redrawn when you change a
 # control.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 layout_area = Output()
 
 
@@ -253,7 +255,7 @@ controls = interactive(
 )
 VBox([controls, layout_area])
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 6. Experts on another GPU: `expert_map`
 #
 # With **expert parallelism** (notebook 08) each GPU holds only some of the experts. Routing still picks
@@ -265,7 +267,7 @@ VBox([controls, layout_area])
 #
 # Rank 1 of 2 holds global experts 4–7 as its local experts 0–3:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 expert_map = torch.tensor([-1, -1, -1, -1, 0, 1, 2, 3], dtype=torch.int32)  # (E,) global -> local, or -1
 s_ep, e_ep, n_ep = moe_align_block_size_torch(topk_ids, BLOCK_M, E, expert_map)
 print("expert_ids, no map  :", spec[1].tolist())
@@ -273,12 +275,12 @@ print("expert_ids, rank 1  :", e_ep.tolist())
 print("sorted_token_ids and num_tokens_post_padded unchanged:",
       torch.equal(s_ep, spec[0]) and torch.equal(n_ep, spec[2]))
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 viz_kernels.alignment_layout(s_ep, e_ep, n_ep, block_size=BLOCK_M, num_valid=numel, num_experts=E,
                              expert_label="local expert",
                              title="Rank 1 of 2 (global experts 4-7 = local 0-3): remote experts' blocks get -1")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 7. The Triton version
 #
 # `moe_align_block_size` computes the same three outputs on the GPU. The work is a *counting sort*: count
@@ -302,35 +304,35 @@ viz_kernels.alignment_layout(s_ep, e_ep, n_ep, block_size=BLOCK_M, num_valid=num
 # Both passes 1 and 3 start by turning a chunk of ids into a one-hot matrix, `(CHUNK, E_PAD)`, with `E`
 # padded to a power of two for `tl.arange`:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 print(inspect.getsource(align_count_kernel.fn))  # .fn: the Python function under the @triton.jit wrapper
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # `_one_hot` loads the chunk with `other=-1` past `numel`, so the tail of the last chunk matches no expert.
 # Pass 2 is a single program: it loads `ROWS` chunks at a time, takes an inclusive `cumsum` down the
 # chunks, subtracts the counts to make it exclusive, and adds the `carry` from the rows before:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 print(inspect.getsource(align_scan_kernel.fn))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Pass 3. `rank` is the position of each id among the ids of **its** expert in this chunk: the running
 # count `cumsum(one_hot)` picked at the id's own column, minus one (and −1 for the padding lanes past
 # `numel`). Block `b` belongs to the expert whose group contains slot `b * BLOCK_SIZE`: the number of
 # group ends at or before that slot. With `SINGLE_CHUNK` the totals come from this chunk alone and there
 # are no earlier chunks — the one-launch path.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 print(inspect.getsource(align_scatter_kernel.fn))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # ### The three passes, one at a time
 #
 # Our 12 ids fit in a single chunk, so the library takes the one-launch path. To watch the three passes,
 # we launch the kernels ourselves with `CHUNK = 4` — three chunks — and re-derive each intermediate in
 # torch.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 CHUNK, E_PAD = 4, triton.next_power_of_2(E)
 num_chunks = triton.cdiv(numel, CHUNK)
 ids_dev = flat.to(device)  # (numel,) int32
@@ -342,7 +344,7 @@ counts_hand = torch.nn.functional.one_hot(flat.long(), E_PAD).view(num_chunks, C
 print("pass 1, counts per chunk (rows: chunks, columns: experts):\n", counts_k.cpu())
 print("equal to the one-hot sums by hand:", torch.equal(counts_k.cpu(), counts_hand.int()))
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 prefix_k = torch.empty_like(counts_k)
 totals_k = torch.empty(E_PAD, dtype=torch.int32, device=device)
 with runtime.quiet_interpreter():
@@ -355,7 +357,7 @@ print("totals:", totals_k.tolist())
 print("equal to the exclusive cumsum by hand:",
       torch.equal(prefix_k.cpu(), prefix_hand.int()) and torch.equal(totals_k.cpu(), counts_hand.sum(0).int()))
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 out_k = (torch.empty(max_len, dtype=torch.int32, device=device),
          torch.empty(max_blocks, dtype=torch.int32, device=device),
          torch.empty(1, dtype=torch.int32, device=device))
@@ -370,7 +372,7 @@ with runtime.quiet_interpreter():
 ok = all(torch.equal(a.cpu(), b) for a, b in zip(out_k, spec))
 print(f"{'PASS' if ok else 'FAIL'}  three passes with CHUNK=4 vs moe_align_block_size_torch: all three outputs equal")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Checked against the specification
 #
 # Now the library function itself, against `moe_align_block_size_torch`, on shapes that exercise every
@@ -378,7 +380,7 @@ print(f"{'PASS' if ok else 'FAIL'}  three passes with CHUNK=4 vs moe_align_block
 # onto a few experts (others get none), an `expert_map`, and enough ids for the three-pass path. Every
 # case must give **equal** tensors — `torch.equal`, not a tolerance.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 def routed(m: int, e: int, k: int, seed: int, skew: bool = False) -> torch.Tensor:
     """(m, k) int32 expert ids: top-k of random scores; skew piles the tokens onto the low experts."""
     scores = torch.rand(m, e, generator=seeded(seed))  # (m, e)
@@ -412,7 +414,7 @@ for i, (m, e, k, b, skew, emap) in enumerate(cases):
                  f" padded total {ref[2].item():6d}: all three outputs equal")
 print("\n".join(lines))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## What you learned
 #
 # * The fused kernel needs rows grouped by expert in whole blocks of `BLOCK_M`. Alignment produces that
@@ -430,3 +432,46 @@ print("\n".join(lines))
 # **Next — [05 · the fused kernel](05_fused_kernel.ipynb):** one program per (row block, column block)
 # tile — gather the block's tokens, load its expert's weights, multiply, SiLU-and-mul in the epilogue —
 # and the whole MoE layer in two launches.
+
+# %% [markdown] slideshow={"slide_type": "slide"}
+# ## Exercises
+#
+# Two short exercises. Each is a function for you to complete, followed in the same cell by a check:
+# it runs your function on a few fixed and random cases and compares the result with the library's. It
+# shows `PASS`, or the first case that went wrong — the input, what was expected, what your function
+# returned — and the likely mistake. Until you write the body, the check says *not solved yet*, and the
+# notebook still runs to the end. Worked solutions:
+# [solutions/04_alignment_solutions.ipynb](solutions/04_alignment_solutions.ipynb).
+
+# %% slideshow={"slide_type": "-"}
+from moe_lib.exercises import check_expert_slots, check_padded_total
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Exercise 1 — the alignment of one expert
+#
+# Write `expert_slots(topk_ids, expert, block_m)`: the slots of one expert's group in `sorted_token_ids` —
+# the flat ids routed to `expert`, ascending, followed by padding (the sentinel $Mk$) up to a multiple of
+# `block_m`. An expert that nobody chose has no slots: return an empty tensor. Return an integer tensor.
+# (Section 2's table: expert 4 of the first example has the slots `[0, 7, 12, 12]`.)
+
+# %% slideshow={"slide_type": "-"}
+def expert_slots(topk_ids: torch.Tensor, expert: int, block_m: int) -> torch.Tensor:
+    """Flat ids of `expert`, ascending, padded with M*k to a multiple of block_m (empty if none)."""
+    raise NotImplementedError  # your code here
+
+
+check_expert_slots(expert_slots)
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Exercise 2 — the padded total
+#
+# Write `padded_total(counts, block_m)`: `num_tokens_post_padded` from the number of rows of each expert
+# (`counts`, a list of ints, one per expert). Section 4 has the formula; which experts add nothing?
+
+# %% slideshow={"slide_type": "-"}
+def padded_total(counts: list[int], block_m: int) -> int:
+    """num_tokens_post_padded: every expert's row count rounded up to a multiple of block_m, summed."""
+    raise NotImplementedError  # your code here
+
+
+check_padded_total(padded_total)

@@ -13,7 +13,7 @@
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # # 05 · The fused kernel: from one tile to the whole grid
 #
 # Alignment (notebook 04) left the $Mk$ (token, slot) rows sorted by expert, in blocks of `BLOCK_M` rows
@@ -40,7 +40,7 @@
 # verify the result against the fp64 reference and Hugging Face's Mixtral block. The last section shows
 # what the kernel does on real GPUs.
 
-# %%
+# %% slideshow={"slide_type": "skip"}
 # %matplotlib inline
 import moe_lib  # first: without a GPU it switches Triton to its interpreter, before anything imports Triton
 
@@ -67,14 +67,14 @@ from moe_lib.testing import randn, rel_err, seeded, tolerance, verdict
 torch.set_printoptions(precision=4, sci_mode=False)
 device = runtime.default_device()  # where the kernels run: the GPU, or the CPU interpreter
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 1. The problem and the grid
 #
 # The small layer of notebook 03 (`TINY`: 8 experts, top-2, $H = 64$, $I = 128$), in fp32, with the same
 # weights and gate, and 32 tokens. We fix the kernel's tile configuration by hand, small enough that GEMM1
 # has two column blocks and a K loop of two steps:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 E, K, H, I = TINY.num_experts, TINY.top_k, TINY.hidden_size, TINY.intermediate_size
 gen = seeded(0)
 w13 = randn(E, 2 * I, H, generator=gen, scale=H**-0.5, device=device)  # (E, 2I, H): [w1; w3] per expert
@@ -94,18 +94,18 @@ print("rows per expert:", torch.bincount(topk_ids.flatten().cpu(), minlength=E).
 print("expert_ids     :", expert_ids.tolist())
 print("num_tokens_post_padded:", num_tokens_post_padded.item(), "of", sorted_token_ids.numel(), "slots")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # GEMM1 produces `act`, of width $N = I$ (the kernel pairs each gate column with its up column, section
 # 6). The grid is sized from the buffer lengths alone — never from the data — so it covers the worst case:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 EM = sorted_token_ids.numel()  # rows of the (virtual) sorted A: max_len from notebook 04
 num_pid_m, num_pid_n = triton.cdiv(EM, BM), triton.cdiv(I, BN)
 live = num_tokens_post_padded.item() // BM
 print(f"grid: {num_pid_m} row blocks x {num_pid_n} column blocks = {num_pid_m * num_pid_n} programs")
 print(f"row blocks in use: {live}; the programs of the other {num_pid_m - live} return at their first check")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Those two checks open the kernel, right after the program has found its tile (section 4 is about that
 # mapping): a row block at or past `num_tokens_post_padded` has nothing to do, and a block whose expert is
 # −1 — held by another rank, notebook 04 — stores zeros and stops:
@@ -118,27 +118,28 @@ print(f"row blocks in use: {live}; the programs of the other {num_pid_m - live} 
 #     tl.store(c_ptrs, tl.zeros(...), mask=c_mask)
 #     return
 # ```
-#
+
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 2. One tile, by hand
 #
 # First let the kernel run GEMM1 for the whole grid. `invoke_fused_moe_kernel` launches it:
 # `a_rows_div=K` says that A holds tokens (flat id $tk + j$ reads row $t$), `gated=True` that B's rows
 # hold gate and up halves to combine in the epilogue, and the routing weight is not applied here.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 weights_flat = topk_weights.flatten()  # (M*k,) fp32, indexed by flat id
 routing = (weights_flat, sorted_token_ids, expert_ids, num_tokens_post_padded)
 act = torch.empty(M * K, I, device=device)  # (M*k, I): one row per (token, slot)
 invoke_fused_moe_kernel(x, w13, act, *routing, a_rows_div=K, gated=True, mul_routed_weight=False, config=config)
 print("act:", tuple(act.shape), act.dtype)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Now pick one program's tile — row block 4, column block 1 — and compute it ourselves, step by step as
 # the kernel does. **The rows**: the block's 16 slots of `sorted_token_ids`; padding slots hold
 # $Mk = 64$ and are masked (row 64 // 2 = 32 of x does not even exist). Each real slot reads the row of
 # its token, `flat_id // top_k`:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 pid_m, pid_n = 4, 1
 slots = sorted_token_ids[pid_m * BM:(pid_m + 1) * BM]  # (BM,) flat ids; padding = M*k
 row_mask = slots < M * K  # (BM,)
@@ -149,13 +150,13 @@ print("slots   :", slots.tolist())
 print("flat ids:", flat_ids.tolist())
 print("tokens  :", tokens.tolist(), "-> expert", e)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # **The weights**: all rows of the block share expert `e`, so the tile needs one slice of `w13[e]` — the
 # gate rows $[n_0, n_0 + \texttt{BLOCK\_N})$ and the up rows $I$ further down. **The K loop**: walk the
 # reduction dimension `BLOCK_K` columns at a time, accumulating both products in fp32. **The epilogue**:
 # `silu(gate) * up`, then one store.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 cols = torch.arange(pid_n * BN, (pid_n + 1) * BN, device=device)  # (BN,) output columns of this tile
 A = x[tokens]  # (n, H) gathered rows
 B_gate, B_up = w13[e, cols], w13[e, I + cols]  # (BN, H) each: gate rows, and the up rows I further down
@@ -170,16 +171,16 @@ tile = acc * torch.sigmoid(acc) * acc_up  # (n, BN): silu(gate) * up, still fp32
 
 print(verdict("tile by hand vs the kernel's act[flat ids, columns]", tile, act[flat_ids][:, cols]))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # What this program touched: it **gathered** 10 scattered rows of x, read two slabs of one expert's
 # weights, and **scattered** its result to 10 rows of `act` — the rows named by the flat ids, so `act` is
 # already in (token, slot) order and nobody has to un-sort it.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 viz_kernels.fused_tile_gather(flat_ids.cpu(), top_k=K, num_tokens=M, hidden=H, inter=I, expert=e,
                               col_start=pid_n * BN, block_n=BN)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 3. The expert's weights, through the expert stride
 #
 # The kernel receives one pointer for all of `w13` and three strides: how far to step in memory for one
@@ -193,7 +194,7 @@ viz_kernels.fused_tile_gather(flat_ids.cpu(), top_k=K, num_tokens=M, hidden=H, i
 # read as $K \times N$ — that is, $B^\top$, ready for `tl.dot(a, b)`. `torch.as_strided` builds exactly that
 # view from the same numbers, so we can check the arithmetic:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 stride_be, stride_bn, stride_bk = w13.stride()
 print("w13 strides (expert, n, k):", (stride_be, stride_bn, stride_bk))
 offset = e * stride_be + pid_n * BN * stride_bn  # the first K step of this tile
@@ -202,20 +203,20 @@ b_up_first = torch.as_strided(w13, (BK, BN), (stride_bk, stride_bn), storage_off
 print("pointer arithmetic = w13[e, cols, :BK].T :", torch.equal(b_first, B_gate[:, :BK].T))
 print("up half: the same plus I * stride_bn      :", torch.equal(b_up_first, B_up[:, :BK].T))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Because the layout is passed as strides, nothing assumes that `w13` is contiguous. Store the same
 # values transposed in memory — $(E, H, 2I)$, viewed as $(E, 2I, H)$ — and the kernel simply walks
 # different addresses. (On a GPU the layout decides which loads are contiguous, so it matters for speed;
 # it never matters for the result.)
 
-# %%
+# %% slideshow={"slide_type": "-"}
 w13_t = w13.transpose(1, 2).contiguous().transpose(1, 2)  # same values, other memory order
 print("w13_t strides:", w13_t.stride())
 out_contig = fused_experts(x, w13, w2, topk_weights, topk_ids, config=config)
 out_t = fused_experts(x, w13_t, w2, topk_weights, topk_ids, config=config)
 print(verdict("fused_experts, w13 stored transposed vs contiguous", out_t, out_contig))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 4. Which program computes which tile: `GROUP_SIZE_M`
 #
 # The grid is one-dimensional: program `pid` must work out its (row block, column block) itself. The
@@ -225,16 +226,16 @@ print(verdict("fused_experts, w13 stored transposed vs contiguous", out_t, out_c
 # `GROUP_SIZE_M` row blocks together and walking down them column by column makes the programs in flight
 # share B tiles (and A tiles) through the L2 cache. The kernel's first lines:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 source = inspect.getsource(fused_moe_kernel.fn).splitlines()
 first = next(i for i, line in enumerate(source) if "pid = tl.program_id" in line)
 last = next(i for i, line in enumerate(source) if line.strip().startswith("pid_n ="))
 print("\n".join(line.strip() for line in source[first:last + 1]))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # The same mapping in Python, applied to every program id of a 10 × 6 grid:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 def tile_of(pid: int, num_pid_m: int, num_pid_n: int, group_size_m: int) -> tuple[int, int]:
     """(pid_m, pid_n) of program pid: the kernel's swizzle, line by line."""
     num_pid_in_group = group_size_m * num_pid_n
@@ -255,16 +256,16 @@ maps = {f"GROUP_SIZE_M = {g}": program_ids(10, 6, g) for g in (1, 4)}
 for name, grid in maps.items():
     print(f"{name}: every tile computed exactly once:", torch.equal(grid.flatten().sort().values, torch.arange(60)))
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 viz_kernels.tile_program_ids(maps, title="Program id of each tile (10 x 6 tiles)")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # With `GROUP_SIZE_M = 4`, programs 0–23 fill the first four row blocks column by column; the last group
 # has only two row blocks (the `min` in the code). How much does it save? Count the distinct A row blocks
 # and B column blocks that each wave of consecutive programs needs, on a grid of 64 × 64 tiles and waves of
 # 132 programs:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 def tiles_per_wave(num_pid_m: int, num_pid_n: int, group_size_m: int, wave: int) -> float:
     """Average number of distinct A row blocks + B column blocks that a wave of programs loads."""
     tiles = [tile_of(p, num_pid_m, num_pid_n, group_size_m) for p in range(num_pid_m * num_pid_n)]
@@ -276,7 +277,7 @@ def tiles_per_wave(num_pid_m: int, num_pid_n: int, group_size_m: int, wave: int)
 for g in (1, 4, 8, 16):
     print(f"GROUP_SIZE_M = {g:2d}: {tiles_per_wave(64, 64, g, 132):5.1f} operand tiles per wave of 132 programs")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # In an MoE layer there is a twist: the B tile also depends on the row block's **expert**, so consecutive
 # row blocks share B only when they belong to the same expert — when each expert has many blocks, at
 # large $M$. That is why the GPU's default configuration uses `GROUP_SIZE_M = 16` only when $M/E > 128$,
@@ -285,13 +286,13 @@ for g in (1, 4, 8, 16):
 # The order changes *who* computes a tile, never *what* is computed — each tile's arithmetic is the same.
 # The kernel's output with `GROUP_SIZE_M = 4` is bit-identical:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 act_g4 = torch.empty_like(act)
 invoke_fused_moe_kernel(x, w13, act_g4, *routing, a_rows_div=K, gated=True, mul_routed_weight=False,
                         config={**config, "GROUP_SIZE_M": 4})
 print("GEMM1 with GROUP_SIZE_M=4 equals GROUP_SIZE_M=1 bit for bit:", torch.equal(act_g4, act))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 5. GEMM2: the routing weight in the epilogue
 #
 # GEMM2 multiplies `act` by the down projection: its A rows are already flat ids (`a_rows_div=1`), its B is
@@ -303,7 +304,7 @@ print("GEMM1 with GROUP_SIZE_M=4 equals GROUP_SIZE_M=1 bit for bit:", torch.equa
 # acc = acc * weight[:, None]
 # ```
 
-# %%
+# %% slideshow={"slide_type": "-"}
 partial = torch.empty(M * K, H, device=device)  # (M*k, H)
 invoke_fused_moe_kernel(act, w2, partial, *routing, a_rows_div=1, gated=False, mul_routed_weight=True, config=config)
 
@@ -311,32 +312,32 @@ row_expert = topk_ids.flatten().long()  # (M*k,) the expert of each flat id
 down = torch.bmm(w2[row_expert], act[:, :, None]).squeeze(-1)  # (M*k, H): act row @ its expert's w2.T
 print(verdict("GEMM2 by hand (weight * act @ w2[e].T) vs the kernel", weights_flat[:, None] * down, partial))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Why there? The weight scales an expert's *output*. Everything after SiLU is linear, so scaling the GEMM2
 # tile is exact — and free: one multiply per element on data already in registers, instead of another
 # pass over an $(Mk, H)$ tensor in memory. Before the SiLU it would be wrong; scaling each row's input
 # instead changes the answer, because $\mathrm{silu}(w\,g)\cdot(w\,u) \ne w\,\mathrm{silu}(g)\,u$:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 row_token = torch.arange(M * K, device=device) // K  # (M*k,) the token of each flat id
 x_scaled = weights_flat[:, None] * x[row_token]  # (M*k, H): each row's input times its weight
 gate_up_scaled = torch.bmm(w13[row_expert], x_scaled[:, :, None]).squeeze(-1)  # (M*k, 2I)
 wrong = torch.bmm(w2[row_expert], silu_and_mul(gate_up_scaled)[:, :, None]).squeeze(-1)  # (M*k, H)
 print(f"weight applied to the input instead: relative difference {rel_err(wrong, partial):.0%}")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 6. The whole flow, step by step
 #
 # The two launches above are the whole expert computation but for the last step, the **sum over the k
 # slots** of each token. `partial` is in flat-id order, so the $k$ rows of token $t$ are adjacent:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 out_steps = partial.view(M, K, H).sum(dim=1)  # (M, H)
 oracle = moe_reference(x, w13, w2, topk_weights, topk_ids, fp64=True)  # (M, H) float64
 print(verdict("align -> GEMM1 -> GEMM2 -> sum, step by step vs fused_experts", out_steps, out_contig))
 print(verdict("step by step vs moe_reference(fp64=True)", out_steps, oracle))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Why SiLU-and-mul lives in GEMM1's epilogue
 #
 # Unfused, GEMM1 would produce the full gate-and-up intermediate, $(Mk, 2I)$, write it to memory, and a
@@ -344,30 +345,31 @@ print(verdict("step by step vs moe_reference(fp64=True)", out_steps, oracle))
 # separate activation kernel between its two GEMM launches.
 # The same kernel can do that: launch it with `gated=False` over all $2I$ rows of `w13`:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 gate_up = torch.empty(M * K, 2 * I, device=device)  # (M*k, 2I): the intermediate we avoid
 invoke_fused_moe_kernel(x, w13, gate_up, *routing, a_rows_div=K, gated=False, mul_routed_weight=False, config=config)
 print(verdict("unfused: silu_and_mul(GEMM1 over 2I columns) vs the gated epilogue", silu_and_mul(gate_up), act))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Fusing works because output column $n$ of `act` needs exactly two GEMM columns — gate $n$ and up
 # $n + I$ — of the **same rows**. So one program computes both: it loads each A tile once, feeds it to two
 # `tl.dot`s (`b_ptrs` and `b_up_ptrs`, section 3), and combines the two fp32 accumulators in registers.
 # The $(Mk, 2I)$ intermediate never goes to memory, and one kernel launch disappears. For Mixtral in bf16:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 I_mix, bf16 = 14336, 2  # Mixtral's intermediate size, bytes per bf16 element
 for m in (64, 4096):
     rows = m * K
     saved = 2 * rows * 2 * I_mix * bf16  # the (Mk, 2I) intermediate, written once and read once
     print(f"M = {m:4d}: unfused moves {saved / 1e6:6.1f} MB more, about {saved / 2.97e12 * 1e6:5.1f} µs at 2.97 TB/s")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Both versions write `act` once; the difference is the intermediate. At $M = 4096$ that is ~0.3 ms of memory
-# traffic on a layer that takes ~7 ms on an H100 (notebook 06) — a few per cent, and free; at small $M$ it
+# traffic on a layer that takes ~5.6 ms on an H100 in the recorded run (notebook 06) — a few per cent, and free; at small $M$ it
 # is negligible next to the weights, but the launch saved still counts there. The price is inside the
 # kernel: two accumulators per program, so more registers.
-#
+
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 7. `fused_experts` and `fused_moe`, verified
 #
 # `fused_experts` is exactly sections 1–6: align, GEMM1, GEMM2, sum, with a configuration from
@@ -376,7 +378,7 @@ for m in (64, 4096):
 # but never its own `BLOCK_SIZE_M`: both GEMMs walk the same aligned blocks. `fused_moe` runs the Triton
 # routing first (notebook 02). Both against the fp64 oracle, for several batch sizes:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 lines = []
 for m in (1, 7, 64, 300):
     xm = randn(m, H, generator=seeded(100 + m), device=device)  # (m, H) fresh tokens
@@ -388,13 +390,13 @@ for m in (1, 7, 64, 300):
     lines.append(verdict(f"fused_moe     M={m:<3d} vs fp64 oracle", fused_moe(xm, w13, w2, logits, K), ref))
 print("\n".join(lines))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # In bf16, Mixtral's dtype, the tolerance is bf16's. (In the CPU interpreter the library upcasts the tiles to
 # fp32 before `tl.dot`, because the interpreter computes bf16 products wrongly; on a GPU the tensor cores
 # take bf16 directly.) And with an `expert_map`: two ranks holding four experts each, whose partial outputs
 # add up to the layer — the blocks of the other rank's experts produce zeros:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 xb, w13b, w2b = x.bfloat16(), w13.bfloat16(), w2.bfloat16()
 ref_b = moe_reference(xb, w13b, w2b, topk_weights, topk_ids, fp64=True)
 print(verdict("fused_experts bf16 vs fp64 oracle", fused_experts(xb, w13b, w2b, topk_weights, topk_ids), ref_b,
@@ -408,13 +410,13 @@ for r in range(2):
     ranks.append(fused_experts(x, w13[local], w2[local], topk_weights, topk_ids, expert_map=expert_map.to(device)))
 print(verdict("rank 0 + rank 1 (expert_map) vs fp64 oracle", ranks[0] + ranks[1], oracle))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Finally the independent check: Hugging Face's `MixtralSparseMoeBlock` (transformers 5), which keeps our
 # exact layout — `gate.weight` $(E, H)$, `experts.gate_up_proj` $(E, 2I, H)$ = `w13`, `experts.down_proj`
 # $(E, H, I)$ = `w2`. Its parameters are created uninitialized, so we copy ours in; its forward takes
 # `(batch, seq, H)` and does its own routing.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 hf_config = MixtralConfig(hidden_size=H, intermediate_size=I, num_local_experts=E, num_experts_per_tok=K,
                           experts_implementation="eager")
 block = MixtralSparseMoeBlock(hf_config).eval()
@@ -427,7 +429,7 @@ with torch.no_grad():
 print(verdict("fused_moe vs HF MixtralSparseMoeBlock", ours, hf_out))
 print(verdict("HF MixtralSparseMoeBlock vs fp64 oracle", hf_out, oracle))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 8. On a GPU
 #
 # Here the kernels ran in the Triton interpreter, which executes each program with numpy — right answers,
@@ -435,7 +437,7 @@ print(verdict("HF MixtralSparseMoeBlock vs fp64 oracle", hf_out, oracle))
 # live on a Mixtral-sized layer (TP = 8: $H = 4096$, $I = 14336/8 = 1792$, bf16) and times it; otherwise it
 # says so, and the cells after it show results recorded on GPUs.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 # NBVAL_IGNORE_OUTPUT
 if runtime.HAS_CUDA:
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -463,7 +465,7 @@ if runtime.HAS_CUDA:
 else:
     print("No GPU on this machine: the kernels ran in the Triton interpreter. Below: results recorded on GPUs.")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Recorded benchmarks
 #
 # `python -m moe_lib.bench` times the whole layer — routing, alignment, both GEMMs, the sum — for Mixtral's
@@ -474,9 +476,10 @@ else:
 # copy bandwidth, or the FLOPs at its measured matmul rate, whichever is larger (notebook 03).
 # `data/README.md` records how each file was made (for instance, with tuned or with default configurations).
 
-# %%
+# %% slideshow={"slide_type": "-"}
 REPO = Path(moe_lib.__file__).resolve().parent.parent
-bench_files = sorted((REPO / "data" / "bench").glob("*.json"))
+# one file per card: NVIDIA_<name>.json (the parallel_* and vllm_* files are notebook 06's and 07's)
+bench_files = sorted((REPO / "data" / "bench").glob("NVIDIA_*.json"))
 runs = [json.loads(path.read_text()) for path in bench_files]
 if not runs:
     print("no recorded benchmarks yet")
@@ -486,13 +489,13 @@ for path, run in zip(bench_files, runs):
     print(f"  ceilings: copy {c['copy_TBps']:.2f} TB/s, bf16 matmul {c['matmul_TFLOPs']:.0f} TFLOP/s")
     print(f"  method: {run['method']}")
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 viz_kernels.latency_vs_tokens(runs, tps=(1, 8)) if runs else None
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # The same numbers for a few batch sizes, with the share of the floor that `moe_lib` reaches:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 IMPLS = ("moe_lib", "grouped_mm", "loop")
 for run in runs:
     print(f"{run['gpu']}: µs per layer call (bf16, E=8, top-2, H=4096)")
@@ -508,19 +511,20 @@ for run in runs:
             print(f"{tp:>3} {m:>5} {row}{ours['floor_us']:9.1f}{ours['floor_us'] / ours['us']:14.0%}")
     print()
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # At small $M$ the layer should cost what reading the touched experts' weights costs; at $M = 4096$ it is
 # compute-bound and the floor is the FLOPs at peak. Notebook 06 looks at these numbers closely: the roofline,
 # the tuned configurations, and how vLLM's kernel compares.
-#
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Recorded GPU test runs
 #
 # The unit tests marked `gpu` (`make test-gpu`) run on the device machine with Mixtral's real shapes, bf16,
 # and up to $M = 100\,000$ tokens — the int64 offsets of section 2 matter there. Their summaries live in
 # `data/gpu_tests/`:
 
-# %%
-test_files = sorted((REPO / "data" / "gpu_tests").glob("*.json"))
+# %% slideshow={"slide_type": "-"}
+test_files = sorted((REPO / "data" / "gpu_tests").glob("NVIDIA_*.json"))  # the test-suite runs, one per card
 if not test_files:
     print("no recorded GPU test results yet")
 for path in test_files:
@@ -533,7 +537,7 @@ for path in test_files:
     for name, counts in sorted(result["files"].items()):
         print(f"  {name:<32} {counts['passed']:4d} passed {counts['failed']:3d} failed")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## What you learned
 #
 # * The fused-MoE kernel is a grouped GEMM: one program per (row block, column block) tile; a row block's
@@ -548,3 +552,49 @@ for path in test_files:
 #
 # **Next — 06 · performance:** the floors, the roofline, tuned configurations, and how the kernel measures up
 # against vLLM and the peers on real GPUs.
+
+# %% [markdown] slideshow={"slide_type": "slide"}
+# ## Exercises
+#
+# Two short exercises. Each is a function for you to complete, followed in the same cell by a check:
+# it runs your function on a few fixed and random cases and compares the result with the library's. It
+# shows `PASS`, or the first case that went wrong — the input, what was expected, what your function
+# returned — and the likely mistake. Until you write the body, the check says *not solved yet*, and the
+# notebook still runs to the end. Worked solutions:
+# [solutions/05_fused_kernel_solutions.ipynb](solutions/05_fused_kernel_solutions.ipynb).
+
+# %% slideshow={"slide_type": "-"}
+from moe_lib.exercises import check_b_offsets, check_tile_a_rows
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Exercise 1 — the A rows of a tile
+#
+# Write `tile_a_rows(sorted_token_ids, pid_m, block_m, top_k, num_valid)`: the row of A — of the tokens
+# `x` — that each of the `block_m` rows of row block `pid_m` reads in GEMM1 (section 2), as an integer
+# tensor of length `block_m`. A padding slot (a flat id $\ge$ `num_valid`) and a slot past the end of
+# `sorted_token_ids` read nothing: mark them $-1$, as the kernel's mask does.
+
+# %% slideshow={"slide_type": "-"}
+def tile_a_rows(sorted_token_ids: torch.Tensor, pid_m: int, block_m: int, top_k: int,
+                num_valid: int) -> torch.Tensor:
+    """(block_m,) the token row each row of block pid_m reads; -1 for padding and out-of-range slots."""
+    raise NotImplementedError  # your code here
+
+
+check_tile_a_rows(tile_a_rows)
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Exercise 2 — the expert stride
+#
+# Write `b_offsets(expert, n, k, strides, inter)`: where the kernel finds, counted in elements from the
+# start of `w13`'s storage, the gate weight `w13[expert, n, k]` and its up partner `w13[expert, I + n, k]`
+# (section 3). `strides` is `(stride_be, stride_bn, stride_bk)`, and `inter` is $I$. Return the two offsets
+# as a tuple of ints. The check includes a `w13` stored transposed.
+
+# %% slideshow={"slide_type": "-"}
+def b_offsets(expert: int, n: int, k: int, strides: tuple[int, int, int], inter: int) -> tuple[int, int]:
+    """Element offsets of w13[expert, n, k] (gate) and w13[expert, inter + n, k] (up)."""
+    raise NotImplementedError  # your code here
+
+
+check_b_offsets(b_offsets)

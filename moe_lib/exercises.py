@@ -21,6 +21,7 @@ The cases are seeded: the same function always gets the same verdict and the sam
     notebook 03   check_silu_and_mul, check_moe_forward
     notebook 04   check_expert_slots, check_padded_total
     notebook 05   check_tile_a_rows, check_b_offsets
+    notebook 06   check_decode_floor
     notebook 07   check_shard_w13, check_shard_w2
 """
 
@@ -732,6 +733,46 @@ def check_b_offsets(b_offsets) -> CheckResult:
 
 
 # ----------------------------------------------------------------------------------------------------
+# Notebook 06: performance
+# ----------------------------------------------------------------------------------------------------
+def _decode_floor_ref(hidden: int, inter: int, top_k: int, tp: int, bandwidth_tbps: float) -> float:
+    weight_bytes = top_k * 3 * hidden * (inter // tp) * 2  # w1, w3, w2 of each chosen expert, bf16
+    return weight_bytes / (bandwidth_tbps * 1e12) * 1e6
+
+
+def check_decode_floor(decode_floor_us) -> CheckResult:
+    """``decode_floor_us(hidden, inter, top_k, tp, bandwidth_tbps)``: the weight-bandwidth floor in µs of one
+    token (M = 1) on one rank — its top_k experts' bf16 w1, w3 and w2 slices (I/tp wide), read once at
+    ``bandwidth_tbps`` TB/s."""
+    cases = [
+        _Case("Mixtral, TP = 1, 2.98 TB/s", (4096, 14336, 2, 1, 2.98)),
+        _Case("Mixtral, TP = 8, 2.98 TB/s", (4096, 14336, 2, 8, 2.98)),
+        _Case("Mixtral, TP = 2 on an H200 (4.8 TB/s)", (4096, 14336, 2, 2, 4.8)),
+        _Case("top-1, TP = 4", (1024, 4096, 1, 4, 3.35)),
+        _Case("a tiny layer: H = 64, I = 128, top-2", (64, 128, 2, 1, 1.0)),
+    ]
+    return _check(
+        "decode floor", decode_floor_us, arg_names=("hidden", "inter", "top_k", "tp", "bandwidth_tbps"),
+        cases=cases, reference=_decode_floor_ref,
+        compare=lambda got, exp: _compare_number(got, exp, tol=1e-3),
+        mistakes=[
+            _Mistake(lambda h, i, k, tp, bw: k * 3 * h * i * 2 / (bw * 1e12) * 1e6,
+                     "each rank holds only I/tp of every expert: divide the intermediate size by tp"),
+            _Mistake(lambda h, i, k, tp, bw: k * 2 * h * (i // tp) * 2 / (bw * 1e12) * 1e6,
+                     "an expert has three matrices: w1 and w3 (in w13) and w2, each H x I/tp"),
+            _Mistake(lambda h, i, k, tp, bw: k * 3 * h * (i // tp) / (bw * 1e12) * 1e6,
+                     "bf16 takes 2 bytes per weight: count bytes, not parameters"),
+            _Mistake(lambda h, i, k, tp, bw: 8 * 3 * h * (i // tp) * 2 / (bw * 1e12) * 1e6,
+                     "one token reads only its top_k experts, not all of them"),
+            _Mistake(lambda h, i, k, tp, bw: k * 3 * h * (i // tp) * 2 / (bw * 1e9) * 1e6,
+                     "1 TB/s is 1e12 bytes per second"),
+        ],
+        hint="top_k * 3 * hidden * (inter / tp) * 2 bytes, divided by bandwidth_tbps * 1e12 bytes/s, times 1e6",
+        summary="TP = 1 to 8, top-1 and top-2, two bandwidths",
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
 # Notebook 07: tensor parallel
 # ----------------------------------------------------------------------------------------------------
 def _shard_w13_ref(w13, tp_size, rank):
@@ -837,6 +878,7 @@ __all__ = [
     "check_padded_total",
     "check_tile_a_rows",
     "check_b_offsets",
+    "check_decode_floor",
     "check_shard_w13",
     "check_shard_w2",
 ]

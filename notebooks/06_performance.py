@@ -657,6 +657,33 @@ else:
     print("No GPU on this machine: the figures and tables above are the recorded runs of data/bench/.")
 
 # %% [markdown]
+# ## Exercise
+#
+# One short exercise: the number everything in section 1 starts from. Complete the function; the check below
+# it runs it on a few cases and compares with the library's arithmetic. It shows `PASS`, or the first case
+# that went wrong — the input, what was expected, what your function returned — and the likely mistake.
+# Until you write the body the check says *not solved yet*, and the notebook still runs to the end. Worked
+# solution: [solutions/06_performance_solutions.ipynb](solutions/06_performance_solutions.ipynb).
+#
+# ### Exercise 1 — the decode floor
+#
+# Write `decode_floor_us(hidden, inter, top_k, tp, bandwidth_tbps)`: the weight-bandwidth floor, in µs, of
+# one token (M = 1) on one tensor-parallel rank — the bf16 weights of its `top_k` experts (each rank holds
+# an $I/tp$ slice of w1, w3 and w2) read once at `bandwidth_tbps` TB/s. Compare your TP = 8 answer with the
+# 39.8 µs that the recorded run needs.
+
+# %%
+from moe_lib.exercises import check_decode_floor
+
+
+def decode_floor_us(hidden: int, inter: int, top_k: int, tp: int, bandwidth_tbps: float) -> float:
+    """µs to read one token's expert weights (bf16) on one rank at bandwidth_tbps TB/s."""
+    raise NotImplementedError  # your code here
+
+
+check_decode_floor(decode_floor_us)
+
+# %% [markdown]
 # ## What you learned
 #
 # * The **floor** of an MoE layer call is the larger of two times: the touched experts' weight bytes over

@@ -157,6 +157,10 @@ def _w13_up_first(w13, tp_size, rank):
     return shard_w13(torch.cat([w13[:, inter:], w13[:, :inter]], dim=1), tp_size, rank)
 
 
+def decode_floor_us(hidden, inter, top_k, tp, bandwidth_tbps):
+    return top_k * 3 * hidden * (inter // tp) * 2 / (bandwidth_tbps * 1e12) * 1e6
+
+
 CHECKS = {
     "gate_logits": (ex.check_gate_logits, gate_logits, [
         (lambda x, w: x @ w, "x @ weight.T"),
@@ -215,6 +219,12 @@ CHECKS = {
         (lambda e, n, k, s, i: (b_offsets(e, n, k, s, i)[0], b_offsets(e, n, k, s, i)[0] + i), "not inter elements"),
         (lambda e, n, k, s, i: (e * s[0] + n * s[2] + k * s[1], e * s[0] + n * s[2] + k * s[1] + i * s[2]),
          "row n goes with stride_bn"),
+    ]),
+    "decode_floor": (ex.check_decode_floor, decode_floor_us, [
+        (lambda h, i, k, tp, bw: k * 3 * h * i * 2 / (bw * 1e12) * 1e6, "divide the intermediate size by tp"),
+        (lambda h, i, k, tp, bw: k * 2 * h * (i // tp) * 2 / (bw * 1e12) * 1e6, "three matrices"),
+        (lambda h, i, k, tp, bw: k * 3 * h * (i // tp) / (bw * 1e12) * 1e6, "2 bytes"),
+        (lambda h, i, k, tp, bw: k * 3 * h * (i // tp) * 2 / (bw * 1e9) * 1e6, "1e12 bytes"),
     ]),
     "shard_w13": (ex.check_shard_w13, shard_w13, [
         (_w13_chunked, "one block of 2I rows"),

@@ -13,7 +13,7 @@
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # # 06 · Performance: floors, the roofline, tuning, and vLLM
 #
 # Notebook 05 built a kernel that computes the right answer. This one asks how *fast* it is — and, more
@@ -36,7 +36,7 @@
 # when they are refreshed; the prose explains the mechanisms and points at the printed numbers. On a
 # machine with a GPU, the last section re-times a few points live.
 
-# %%
+# %% slideshow={"slide_type": "skip"}
 # %matplotlib inline
 import moe_lib  # first: without a GPU it switches Triton to its interpreter, before anything imports Triton
 
@@ -54,7 +54,7 @@ REPO = Path(moe_lib.__file__).resolve().parent.parent
 BENCH = REPO / "data" / "bench"
 E, K, H, I = (bench.MIXTRAL[key] for key in ("num_experts", "top_k", "hidden", "intermediate"))  # 8, 2, 4096, 14336
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 0. The recorded data
 #
 # Three files, all made on the device machine of this project (`data/README.md` says how the two runs were
@@ -70,7 +70,7 @@ E, K, H, I = (bench.MIXTRAL[key] for key in ("num_experts", "top_k", "hidden", "
 # * `vllm_reference_H100.json` — vLLM's Triton fused-MoE kernel in the same kind of whole-layer path, timed by
 #   the maintainers on this workplace's H100: the numbers to beat.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 def load(name: str) -> dict:
     return json.loads((BENCH / name).read_text())
 
@@ -89,11 +89,11 @@ print(f"  source: {REF['source']}")
 print(f"  its own run's ceilings: copy {REF['ceilings']['copy_TBps']:.2f} TB/s, "
       f"bf16 matmul {REF['ceilings']['matmul_TFLOPs']:.0f} TFLOP/s")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Two helpers: an index of the timed points of a run, and the list of `(tp, M)` pairs the reference covers.
 # A record whose implementation failed has `us = None`; it is left out.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 def timed(run: dict) -> dict:
     """(tp, M, impl) -> µs per layer call, for every record that was timed."""
     return {(r["tp"], r["M"], r.get("impl", "vllm")): r["us"] for r in run["records"] if r["us"] is not None}
@@ -111,7 +111,7 @@ print("reference covers TP", TPS, "at M =", REF_MS[TPS[0]])
 print("our run covers   TP", sorted({tp for tp, _m, _i in OURS}), "at M =",
       sorted({m for _t, m, _i in OURS}))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 1. The floor arithmetic
 #
 # A layer call must at least (a) **read the weights** of every expert that some token was routed to, and
@@ -129,14 +129,15 @@ print("our run covers   TP", sorted({tp for tp, _m, _i in OURS}), "at M =",
 # floor ignores everything small — the router, activations, the output, kernel launches — on purpose: it
 # is what the *unavoidable* work costs. Both terms shrink as $1/tp$, because tensor parallelism gives every
 # rank a $1/tp$ slice of every expert (notebook 07).
-#
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Experts touched
 #
 # With uniform routing a token misses a given expert with probability $1 - k/E$, so $M$ tokens touch on
 # average $E\,(1 - (1 - k/E)^M)$ experts (notebook 03 checked this against simulated routing). One token
 # touches 2; sixteen tokens already touch nearly all 8:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 one_expert = 3 * H * I * 2  # bytes of w1, w3, w2 of one expert in bf16, at TP = 1
 print(f"one expert: {one_expert / 1e6:.0f} MB at TP = 1; all {E}: {E * one_expert / 1e9:.2f} GB")
 print(f"{'M':>5} {'experts touched':>16} {'weights read (TP=1)':>20}")
@@ -144,7 +145,7 @@ for m in (1, 2, 4, 8, 16, 32, 64):
     touched = bench.expected_experts_touched(m, E, K)
     print(f"{m:>5} {touched:>16.2f} {touched * one_expert / 1e9:>17.2f} GB")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Bytes over bandwidth, FLOPs over peak, and the ridge
 #
 # The two ceilings come from the recorded run itself: a 1 GiB device-to-device copy (its bandwidth counts
@@ -155,7 +156,7 @@ for m in (1, 2, 4, 8, 16, 32, 64):
 # **compute-bound**. `bench.floor_us` does this arithmetic; first we do it by hand and check that the two
 # agree, and that the floors stored in the recorded file are the ones its ceilings give:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 CEIL = RUN["ceilings"]
 bandwidth, peak = CEIL["copy_TBps"] * 1e12, CEIL["matmul_TFLOPs"] * 1e12  # bytes/s, FLOP/s
 ridge_intensity = peak / bandwidth
@@ -179,10 +180,10 @@ print(f"by hand vs bench.floor_us: largest difference {worst:.1e} µs")
 stored = max(abs(f - bench.floor_us(m, tp, CEIL)["floor_us"]) for (tp, m), f in FLOOR.items())
 print(f"floors stored in the recorded run vs its ceilings: largest difference {stored:.3f} µs (rounding)")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # The floor for every batch size of the benchmark, at TP = 1 (divide by $tp$ for the other sizes):
 
-# %%
+# %% slideshow={"slide_type": "-"}
 print(f"{'M':>5} {'FLOP/byte':>10} {'memory µs':>10} {'compute µs':>11} {'floor µs':>9}  bound")
 for m in bench.M_VALUES:
     mem, mma = floor_by_hand(m, 1)
@@ -190,7 +191,7 @@ for m in bench.M_VALUES:
     print(f"{m:>5} {intensity:>10.1f} {mem:>10.1f} {mma:>11.1f} {max(mem, mma):>9.1f}  "
           f"{'memory' if mem >= mma else 'compute'}")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Read the table from the top. At $M = 1$ the layer reads two experts and does one FLOP per byte: the
 # time is spent almost entirely waiting for memory. Up to $M \approx 16$ every new token brings new
 # experts, so the bytes grow; from there on the bytes are fixed (all eight experts) and the floor **stays
@@ -198,10 +199,10 @@ for m in bench.M_VALUES:
 # that of a batch of 16. Only near the ridge does the compute floor take over, and from then on the floor
 # grows linearly with $M$. Whatever a kernel does, it cannot get below this envelope:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 viz_perf.floor_vs_tokens(CEIL, token_counts=list(bench.M_VALUES), tps=[1, 2, 4, 8])
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Two caveats make "% of floor" a measure to read with care:
 #
 # * The copy bandwidth counts bytes read **and** written. A GEMM mostly reads, and HBM can read a little
@@ -209,7 +210,8 @@ viz_perf.floor_vs_tokens(CEIL, token_counts=list(bench.M_VALUES), tps=[1, 2, 4, 
 # * The floor uses the *expected* number of experts touched, but each timed batch touches a whole number of
 #   them: at $M = 2$ it is 2, 3 or 4. With few tokens per call, a point can be lucky or unlucky by a few
 #   per cent.
-#
+
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 2. The roofline
 #
 # A **roofline** puts every measurement on one picture of the machine. The x-axis is the arithmetic
@@ -221,17 +223,17 @@ viz_perf.floor_vs_tokens(CEIL, token_counts=list(bench.M_VALUES), tps=[1, 2, 4, 
 # red, vLLM's points black crosses — drawn against this run's roof, though they were timed in another run
 # on the same kind of card.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 viz_perf.roofline(RUN, tps=TPS, reference=REF)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # In the recorded run, along the slanted part — small $M$ — `moe_lib` hugs the roof at TP = 1 and 2 and
 # sits a little below it at TP = 8; under the flat part every implementation stays visibly below the
 # ceiling. The points near the ridge sit lowest of all: there, memory and compute cost about the same, and
 # the floor's $\max$ assumes they overlap perfectly — a kernel that streams all the weights *and* does all
 # the FLOPs rarely manages that. The FLOP rates at the largest batch, as a share of the matmul ceiling:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 m_top = max(m for _t, m, _i in OURS)
 impls = [impl for impl in bench.IMPLS if any(i == impl for _t, _m, i in OURS)]
 print(f"M = {m_top}: TFLOP/s and share of the {CEIL['matmul_TFLOPs']:.0f} TFLOP/s matmul ceiling")
@@ -244,7 +246,7 @@ for tp in TPS:
         cells.append(f"{rate:8.0f} ({rate / CEIL['matmul_TFLOPs']:4.0%})" if rate else f"{'-':>15}")
     print(f"{tp:>3} " + "".join(f"{cell:>20}" for cell in cells))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 3. Latency against M, per tensor-parallel size
 #
 # The same data as time per layer call — what a serving engine sees — on log-log axes, one panel per TP. The
@@ -258,14 +260,14 @@ for tp in TPS:
 # were stand-ins rather than vLLM's CUDA ops, which the maintainers measured at 20–30 µs per call at small
 # $M$; real vLLM is somewhat faster there than the black line.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 viz_perf.latency_vs_reference(RUN, REF, tps=TPS)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # How far the peers are behind `moe_lib`, as the geometric mean of their time over ours across all recorded
 # batch sizes:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 for tp in TPS:
     parts = []
     for impl in impls[1:]:
@@ -276,7 +278,7 @@ for tp in TPS:
             parts.append(f"{impl} takes {geo:.2f}x ours (range {min(ratios):.2f}-{max(ratios):.2f}x)")
     print(f"TP = {tp}: " + "; ".join(parts))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 4. Ours against vLLM, point by point
 #
 # For each point of the reference: our time, vLLM's, their ratio (below 1 means `moe_lib` is faster), and
@@ -284,7 +286,7 @@ for tp in TPS:
 # measured slightly different ceilings (printed in section 0), which would move its shares by a per cent or
 # two, not change the picture.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 rows = []  # (tp, M, ours, vllm, floor)
 for tp in TPS:
     print(f"TP = {tp}  (N = I/tp = {I // tp})")
@@ -296,12 +298,12 @@ for tp in TPS:
         print(f"{m:>6} {ours:>9.1f} {vllm:>9.1f} {ours / vllm:>10.2f} {fl / ours:>12.0%} {fl / vllm:>12.0%}{flag}")
     print()
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # The verdict, computed from the table: the project's goal (`../shared/README.md` §3) is to be at or below
 # vLLM at every point, and to close on the floor where vLLM is far from it — small $M$ at TP = 4 and 8, and
 # large $M$ everywhere.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 slower = [(tp, m, ours / vllm - 1) for tp, m, ours, vllm, _fl in rows if ours > vllm]
 print(f"moe_lib is at or below vLLM at {len(rows) - len(slower)} of {len(rows)} points.")
 for tp, m, excess in slower:
@@ -320,16 +322,16 @@ for label, pick in (("TP = 4 and 8, M <= 16", lambda tp, m: tp in (4, 8) and m i
     print(f"  {label}: vLLM reaches {min(v for _o, v in chosen):.0%}-{max(v for _o, v in chosen):.0%} of the floor, "
           f"moe_lib {min(o for o, _v in chosen):.0%}-{max(o for o, _v in chosen):.0%}")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Every point listed as missed is a target not reached: the first half of the goal holds only once that
 # list is empty. Below, the shares of the floor against $M$, ours (blue) and vLLM's (black), at every TP.
 # The shape of the curves is the story of section 6: high and flat on the memory-bound side, a dip near the
 # ridge, a partial recovery on the compute-bound side.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 viz_perf.floor_fraction({f"moe_lib, {RUN['gpu']}": RUN}, tps=TPS, reference=REF)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 5. What the tuning bought
 #
 # `get_config` picks the kernel's tile configuration for each call: the tuned table for this $(E, N)$ and
@@ -338,14 +340,15 @@ viz_perf.floor_fraction({f"moe_lib, {RUN['gpu']}": RUN}, tps=TPS, reference=REF)
 # moe_lib.tune` searched, per $(N, M)$, a space of tile shapes for GEMM1 and GEMM2 *separately* (their shapes
 # differ: GEMM1 produces $N = I/tp$ columns from pairs of gate and up rows, GEMM2 produces $H = 4096$) and
 # kept the fastest; `BLOCK_SIZE_M` stays shared, because both GEMMs walk the same aligned blocks.
-#
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # ### The heuristic's tiles against the tuned tiles
 #
 # `default_config` has a second branch for the CPU interpreter (notebook 05); here we ask it what a *GPU*
 # would get (`interpret=False`). Side by side for TP = 1 and TP = 8 —
 # `BM/BN/BK g w s` means BLOCK_SIZE_M / N / K, GROUP_SIZE_M, warps, stages:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 GPU_NAME = RUN["gpu"]
 
 
@@ -376,15 +379,15 @@ for tp in (1, 8):
         print(f"{m:>5}  {short(d):<22} {short(up):<22} {short(down):<22}")
     print(f"tuning changed the configuration at {changed} of {len(table)} batch sizes")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # The three tile dimensions at TP = 8 as a picture (the lines are nudged a little apart along $M$ so that
 # equal values stay visible):
 
-# %%
+# %% slideshow={"slide_type": "-"}
 viz_perf.tile_shapes({m: heuristic(m, I // 8) for m in tables[8]}, tables[8],
                      title=f"Tile shapes at TP = 8 (N = {I // 8}): default heuristic vs tuned, {GPU_NAME}")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Two patterns stand out, and both follow from the floor arithmetic.
 #
 # * **Small $M$: narrower, deeper tiles.** With a handful of tokens each expert owns a single row block, so
@@ -394,7 +397,7 @@ viz_perf.tile_shapes({m: heuristic(m, I // 8) for m in tables[8]}, tables[8],
 #   (often 256 instead of 128) gives each program larger loads and fewer trips around its K loop. The count
 #   at $M = 1$:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 SMS = 132  # multiprocessors of an H100 SXM
 for tp in TPS:
     n, table = I // tp, tables.get(tp)
@@ -408,7 +411,7 @@ for tp in TPS:
           f"{live * math.ceil(H / d['BLOCK_SIZE_N']):>4}, tuned {live * math.ceil(H / down['BLOCK_SIZE_N']):>4}"
           f"   ({SMS} multiprocessors)")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Where the default leaves multiprocessors without a program (GEMM1 at high TP, in the tables shipped
 # here), the narrower tuned tile puts more of them to work.
 #
@@ -419,7 +422,8 @@ for tp in TPS:
 #   order (`GROUP_SIZE_M = 16`); GEMM2, whose output is $H = 4096$ wide at every TP, often prefers 256-wide
 #   tiles. In between ($M$ = 128–256) GEMM1 gets *narrower* tiles than the heuristic's 128: the layer is still
 #   memory-bound there, and more programs beat bigger tiles.
-#
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # ### An illustration only: two different cards
 #
 # No run of the default heuristic on the H100 is recorded, so the clean before/after comparison is not in the
@@ -429,7 +433,7 @@ for tp in TPS:
 # that is only an illustration: the cards differ in more than bandwidth, and the runs were made at different
 # moments of the project.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 def moe_lib_share(run: dict) -> dict:
     fl, ts = floors(run), timed(run)
     return {(tp, m): fl[(tp, m)] / us for (tp, m, impl), us in ts.items() if impl == "moe_lib"}
@@ -449,19 +453,21 @@ for tp in (1, 8):
         if (tp, m) in share_h200 and (tp, m) in share_h100:
             print(f"{tp:>2} {m:>4} {share_h200[(tp, m)]:>13.0%} {share_h100[(tp, m)]:>14.0%}")
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 h200_label = f"{H200['gpu']}, " + ("default configs" if same else "configs as recorded")
 viz_perf.floor_fraction({h200_label: H200, f"{RUN['gpu']}, tuned configs": RUN}, tps=[1, 8])
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # In these two recorded runs the gap between the curves is widest where the tile shape matters most: at
 # TP = 8 for small $M$ (the idle multiprocessors above) and in the middle of the range, where the default
 # keeps 64-row blocks longer.
 # To measure what tuning bought on one card, rerun `python -m moe_lib.bench` on the H100 with the default
 # configurations — a file this notebook would gladly read.
-#
+
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 6. What limits us
-#
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Small M: the weights, and nothing else
 #
 # Up to a few dozen tokens the layer is a **weight-streaming** problem: every byte of the touched experts
@@ -469,7 +475,7 @@ viz_perf.floor_fraction({h200_label: H200, f"{RUN['gpu']}, tuned configs": RUN},
 # time; what matters is keeping enough loads in flight to saturate memory. The achieved weight bandwidth
 # and the share of the floor at $M \le 64$, in the recorded run:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 for tp in TPS:
     shares, rates = [], []
     for m in bench.M_VALUES:
@@ -482,11 +488,12 @@ for tp in TPS:
           f"(range {min(shares):.0%}-{max(shares):.0%}); weights streamed at {statistics.median(rates):.2f} TB/s "
           f"(copy ceiling {CEIL['copy_TBps']:.2f})")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # In the recorded run there is almost nothing left to win at TP = 1 and 2: the kernel reads weights about as
 # fast as the card copies memory. Further down the list the share falls — not because the kernel streams
 # worse, but because the weights to stream shrink by $tp$ while something else does not.
-#
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # ### TP = 8 decode: fixed costs
 #
 # That something is the **fixed cost of a call**. Decoding one token is four kernel launches — routing,
@@ -497,7 +504,7 @@ for tp in TPS:
 # the next, and each GEMM ramps up to full bandwidth and winds down in a tail where only a few programs are
 # still reading. This cost does not shrink with $tp$, while the floor does:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 for tp in TPS:
     us, fl = OURS[(tp, 1, "moe_lib")], FLOOR[(tp, 1)]
     ref_us = VLLM.get((tp, 1, "vllm"))
@@ -509,10 +516,10 @@ print(f"\nrecorded step costs inside a CUDA graph, {steps['num_tokens']} tokens:
       f"{steps['routing_graph_us']:.1f} µs, alignment {steps['align_graph_us']:.1f} µs "
       f"(launched eagerly, one by one: {steps['routing_eager_us']:.0f} and {steps['align_eager_us']:.0f} µs)")
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 viz_perf.time_above_floor(RUN, m=1, tps=TPS, reference=REF)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # The grey part is what the weights cost, the blue part what the call costs on top. The eager step costs
 # printed above show why CUDA graphs matter: launched one by one from Python, the same two small steps cost
 # several times more. In the recorded data vLLM's time (black) sits well above ours at $M = 1$: its path
@@ -526,7 +533,7 @@ viz_perf.time_above_floor(RUN, m=1, tps=TPS, reference=REF)
 # distance from its own floor, and a remainder: the gaps between dependent launches when they run back to
 # back.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 def read_breakdown(path: Path) -> list[dict]:
     """The whitespace table of `bench --breakdown`: one dict per (tp, M) row."""
     lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
@@ -562,7 +569,7 @@ if breakdown_file.exists():
 else:
     print("no recorded breakdown in data/bench/")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Read the $M = 1$ rows of this breakdown. At TP = 1 both GEMMs stream their weights at about the copy
 # ceiling (within a few per cent either way; the ceiling counts reads and writes, section 1), and the small
 # kernels are nearly all that is left. At TP = 8 the same small kernels and gaps are a large share of a short
@@ -571,7 +578,8 @@ else:
 # fuller launches: the sum over $k$ could move into GEMM2's epilogue (which needs both rows of a token in
 # one program, or atomic adds that give up the deterministic result), and the routing into GEMM1's first
 # steps.
-#
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Large M: the matmul ceiling
 #
 # Past the ridge the layer is a big grouped GEMM, and the comparison is with the dense $8192^3$ matmul that
@@ -593,7 +601,7 @@ else:
 #    gathered A tile is not; our kernel has every warp both issue its loads and do its math, overlapped only
 #    by the software pipeline of `num_stages` buffers. vLLM's kernel has the same design and the same limits.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 def expected_padding(m: int, block_m: int) -> float:
     """Expected share of padded rows among all rows the kernel computes, n_e ~ Binomial(M, k/E) per expert."""
     p = K / E
@@ -615,14 +623,15 @@ for m in (256, 1024, m_top):
     share = ", ".join(f"{FLOOR[(tp, m)] / OURS[(tp, m, 'moe_lib')]:.0%}" for tp in TPS if (tp, m, "moe_lib") in OURS)
     print(f"M = {m:>4}: padded rows  " + "   ".join(parts) + f"   | share of floor by TP: {share}")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # With the recorded configurations, padding costs a few per cent at the largest $M$: most of the gap to the
 # ceiling there is the gather and the missing TMA pipeline. In the middle of the range padding is a real
 # cost — each expert owns only one to a few blocks, and the last one is on average half empty. There the
 # layer is still memory-bound on paper, but its compute, padding included, is no longer small next to the
 # weight streaming, and the two must overlap inside one kernel: together with the ridge effect of
 # section 2, that is where the floor-share curves dip.
-#
+
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 7. On a GPU: a few points, live
 #
 # With a GPU, the next cell times TP = 8 at three batch sizes the way `moe_lib.bench` does (a CUDA graph of
@@ -630,7 +639,7 @@ for m in (256, 1024, m_top):
 # measured now, and then each step of one call alone with `bench.breakdown`. Without one it says so: the
 # figures above are the recorded data.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 # NBVAL_IGNORE_OUTPUT
 if runtime.HAS_CUDA:
     live_tp, live_ms = 8, (1, 64, 1024)
@@ -656,15 +665,16 @@ if runtime.HAS_CUDA:
 else:
     print("No GPU on this machine: the figures and tables above are the recorded runs of data/bench/.")
 
-# %% [markdown]
-# ## Exercise
+# %% [markdown] slideshow={"slide_type": "slide"}
+# ## Exercises
 #
 # One short exercise: the number everything in section 1 starts from. Complete the function; the check below
 # it runs it on a few cases and compares with the library's arithmetic. It shows `PASS`, or the first case
 # that went wrong — the input, what was expected, what your function returned — and the likely mistake.
 # Until you write the body the check says *not solved yet*, and the notebook still runs to the end. Worked
 # solution: [solutions/06_performance_solutions.ipynb](solutions/06_performance_solutions.ipynb).
-#
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Exercise 1 — the decode floor
 #
 # Write `decode_floor_us(hidden, inter, top_k, tp, bandwidth_tbps)`: the weight-bandwidth floor, in µs, of
@@ -672,7 +682,7 @@ else:
 # an $I/tp$ slice of w1, w3 and w2) read once at `bandwidth_tbps` TB/s. Compare your TP = 8 answer with the
 # 39.8 µs that the recorded run needs.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 from moe_lib.exercises import check_decode_floor
 
 
@@ -683,7 +693,7 @@ def decode_floor_us(hidden: int, inter: int, top_k: int, tp: int, bandwidth_tbps
 
 check_decode_floor(decode_floor_us)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## What you learned
 #
 # * The **floor** of an MoE layer call is the larger of two times: the touched experts' weight bytes over

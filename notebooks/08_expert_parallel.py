@@ -13,7 +13,7 @@
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # # 08 · Expert parallelism: whole experts per GPU, and keeping the GPUs equally busy
 #
 # Tensor parallelism (notebook 07) gives every rank a slice of every expert. **Expert parallelism** (EP)
@@ -31,7 +31,7 @@
 # We place experts, check EP against the single-process layer, make routing skewed and watch the ranks'
 # loads drift apart, even them out with EPLB, and run all of it on real processes.
 
-# %%
+# %% slideshow={"slide_type": "skip"}
 # %matplotlib inline
 import moe_lib  # first: without a GPU it switches Triton to its interpreter, before anything imports Triton
 
@@ -64,35 +64,35 @@ from moe_lib.testing import randn, seeded, verdict
 torch.set_printoptions(precision=4, sci_mode=False)
 E, K, H, I = TINY.num_experts, TINY.top_k, TINY.hidden_size, TINY.intermediate_size  # 8, 2, 64, 128
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 1. Placement
 #
 # With $E$ experts on $ep$ ranks, every rank gets $\lfloor E/ep \rfloor$ consecutive experts and the first
 # $E \bmod ep$ ranks one more:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 for ep in (2, 3, 4, 8):
     print(f"ep = {ep}:", [list(r) for r in expert_ranges(E, ep)])
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Routing knows nothing of ranks: `topk_ids` hold *global* expert ids. Each rank translates them with its
 # `expert_map` — global id → local id in its own weight tensors, or −1 for an expert that lives elsewhere:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 for rank in range(3):
     print(f"ep = 3, rank {rank}: expert_map = {expert_map(E, 3, rank).tolist()}")
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 viz_parallel.expert_placement(torch.arange(E), 3, title="Plain placement: 8 experts on 3 ranks")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 2. One `fused_experts` per rank, then the sum
 #
 # A rank's share of the layer is `fused_experts` called with its local weights and its `expert_map`: the
 # alignment gives the blocks of remote experts the id −1 and the kernel writes zeros for them (notebooks 04
 # and 05). The small layer, 128 tokens, and the single-process result to compare with:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 gen = seeded(0)
 w13 = randn(E, 2 * I, H, generator=gen, scale=H**-0.5)  # (E, 2I, H)
 w2 = randn(E, H, I, generator=gen, scale=I**-0.5)  # (E, H, I)
@@ -108,12 +108,12 @@ for ep in (2, 3, 4, 8):
     print(verdict(f"EP={ep} simulation vs one process", out, ref), "| bit-identical:", torch.equal(out, ref))
 print(verdict("EP=4 simulation vs fp64 oracle", simulate_ep(x, w13, w2, topk_weights, topk_ids, 4)[0], oracle))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Unlike TP, EP is **bit-identical** to one process: every (token, slot) row is computed whole by exactly
 # one rank, with the same kernel arithmetic, and the other ranks contribute exact zeros. What each rank
 # holds, and how many rows it computes:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 owner = expert_owner(E, 4)  # (E,) the rank of each expert
 loads = rank_loads(topk_ids, owner, 4)  # (ep,) rows per rank
 for shard, rows in zip(ep_shards(w13, w2, 4), loads.tolist(), strict=True):
@@ -121,18 +121,19 @@ for shard, rows in zip(ep_shards(w13, w2, 4), loads.tolist(), strict=True):
           f"of the {M * K} rows")
 print(f"max / mean = {imbalance(loads):.2f}")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Each rank holds a quarter of the weights, like TP = 4 — but where a TP rank computes all $Mk$ rows a
 # quarter wide, an EP rank computes full-width rows of its own experts only. With this random gate and
 # random tokens the four ranks get nearly the same number of rows. Real traffic is not that kind.
-#
+
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 3. Skewed routing
 #
 # Tokens are not random vectors. Text from one domain shares directions in the hidden space, and a router
 # that has learned which experts handle that domain sends most of it there. We model that with one
 # direction $u$: every token leans along $u$, and the router rows of experts 0 and 1 align with it.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 u = randn(H, generator=seeded(7))
 u /= u.norm()  # (H,) the shared direction
 skewed_gate = gate.weight.detach().clone()  # (E, H)
@@ -149,13 +150,13 @@ x_skew = tokens(M, 11)  # the batch we compute
 _, ids_skew = route(x_skew, skewed_gate, K)
 viz.expert_load(ids_skew, E, title=f"Skewed routing: {M} tokens x top-{K}")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Experts 0 and 1 get far more than their share, and with plain placement both live on rank 0. Loads are
 # a matter of statistics, so we measure them on larger batches (routing alone is cheap): a **calibration**
 # batch — the traffic of the past, which EPLB plans from — and a **fresh** batch from the same
 # distribution, which the plan has never seen.
 
-# %%
+# %% slideshow={"slide_type": "-"}
 _, ids_cal = route(tokens(1024, 10), skewed_gate, K)  # (1024, k) the past
 _, ids_fresh = route(tokens(1024, 12), skewed_gate, K)  # (1024, k) the future
 expert_load = torch.bincount(ids_cal.flatten().long(), minlength=E)  # (E,) rows per expert, calibration
@@ -163,10 +164,11 @@ print("calibration rows per expert:", expert_load.tolist())
 plain = rank_loads(ids_fresh, expert_owner(E, 4), 4)
 print(f"plain EP = 4, fresh batch: rows per rank {plain.tolist()}, max / mean {imbalance(plain):.2f}")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Rank 0 computes more than twice the average: the layer takes as long as if every rank had that much
 # work, so more than half the machine's time is spent waiting.
-#
+
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 4. EPLB: redundant experts
 #
 # EPLB adds $R$ **physical** experts to the $E$ **logical** ones: copies of hot experts, each a full copy of
@@ -182,7 +184,7 @@ print(f"plain EP = 4, fresh batch: rows per rank {plain.tolist()}, max / mean {i
 #
 # With $R = 4$ on 4 ranks, every rank has 3 slots:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 R = 4
 print("copies per expert:", replica_counts(expert_load, R).tolist())
 plan = plan_eplb(expert_load, ep_size=4, num_redundant=R)
@@ -191,38 +193,38 @@ for rank in range(4):
     print(f"rank {rank}: physical experts {list(slots)} hold logical experts "
           f"{plan.phys_to_log[slots.start:slots.stop].tolist()}")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Routing still chooses *logical* experts. Each rank then turns every (token, slot) pair into a *physical*
 # expert, the same way on every rank: the $i$-th pair of the batch (in flat-id order) that chose logical
 # expert $e$ goes to copy $i \bmod c_e$ of it, $c_e$ being its number of copies. Deterministic, no
 # communication, and each expert's rows split evenly over its copies:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 print(inspect.getsource(EplbPlan.choose_replicas))
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 phys_skew = plan.choose_replicas(ids_skew)  # (M, k) physical ids
 for t in range(4):
     print(f"token {t}: logical {ids_skew[t].tolist()} -> physical {phys_skew[t].tolist()}")
 print("every physical expert is a copy of the chosen logical one:",
       torch.equal(plan.phys_to_log[phys_skew.long()], ids_skew.long()))
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 phys_fresh = plan.choose_replicas(ids_fresh)
 per_physical = torch.bincount(phys_fresh.flatten().long(), minlength=plan.num_physical)  # (P,) rows
 viz_parallel.expert_placement(plan.phys_to_log, 4, num_logical=E, loads=per_physical,
                               title="EPLB, R = 4 (copies hatched): logical expert, rows on the fresh batch")
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 balanced = rank_loads(phys_fresh, plan.owner, 4)
 viz_parallel.rank_loads({"plain EP": plain, f"EPLB, R = {R}": balanced},
                         title="Fresh batch of 1024 tokens, EP = 4: rows per rank")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # How much redundancy is worth it? Each copy costs a full expert's memory on its rank. Sweeping $R$, and
 # measuring the plan both on the batch it was made from and on the fresh one:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 redundancy = list(range(9))
 sweep = {"calibration batch": [], "fresh batch": []}
 for r in redundancy:
@@ -233,23 +235,24 @@ print("R              :", redundancy)
 for name, values in sweep.items():
     print(f"{name:15s}:", [round(v, 2) for v in values])
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 viz_parallel.imbalance_vs_redundancy(redundancy, sweep, title="EPLB on 4 ranks: max / mean rank load")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Already $R = 0$ helps — the plan only *places* the 8 experts better, putting the two hot ones on
 # different ranks. Copies then shave off the rest. The curve is not smooth: when $E + R$ is not a multiple
 # of the number of ranks, the ranks have unequal numbers of slots, and loads come in lumps of whole
 # copies. The fresh batch tracks the calibration batch closely because both come from the same
 # distribution; when the traffic drifts, a real system re-plans from recent statistics and moves weights.
-#
+
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 5. The output does not change
 #
 # Every copy holds exactly its logical expert's weights, and every (token, slot) row is computed by exactly
 # one copy. So EPLB cannot change the layer — and with each row still computed whole, it stays
 # bit-identical to one process:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 weights_skew, ids_skew = route(x_skew, skewed_gate, K)  # (M, k) logical routing, as before
 ref_skew = fused_experts(x_skew, w13, w2, weights_skew, ids_skew)  # (M, H) one process
 for ep, r in ((2, 2), (4, 0), (4, 4), (3, 1)):
@@ -258,7 +261,7 @@ for ep, r in ((2, 2), (4, 0), (4, 4), (3, 1)):
     print(verdict(f"EP={ep}, EPLB R={r} simulation vs one process", out, ref_skew),
           "| bit-identical:", torch.equal(out, ref_skew))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 6. Real processes
 #
 # Now on real gloo processes, as in notebook 07: `run_parallel` sends each rank only its experts (for EPLB:
@@ -266,7 +269,7 @@ for ep, r in ((2, 2), (4, 0), (4, 4), (3, 1)):
 # physical experts, runs `fused_experts` with its `expert_map`, and joins the all-reduce. Three layouts, in
 # one launch of 4 processes (a layout over 2 ranks uses ranks 0 and 1):
 
-# %%
+# %% slideshow={"slide_type": "-"}
 cases = [Case("ep", 2), Case("ep", 4), Case("ep", 4, plan)]
 results = run_parallel(x_skew, skewed_gate, w13, w2, K, cases)
 for result in results:
@@ -274,16 +277,17 @@ for result in results:
                   ref_skew))
     print(f"   ranks agree: {result.ranks_agree}; rows computed per rank, as the ranks counted them: {result.rows}")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # The ranks' own row counts match the loads computed above from the routing alone:
 
-# %%
+# %% slideshow={"slide_type": "-"}
 print("EP=4, plain:", rank_loads(ids_skew, expert_owner(E, 4), 4).tolist() == results[1].rows)
 print("EP=4, EPLB :", rank_loads(phys_skew, plan.owner, 4).tolist() == results[2].rows)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # From the shell, the same check: `python -m moe_lib.parallel.run --ep 4 --redundant 4`.
-#
+
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## What you learned
 #
 # * Expert parallelism gives each rank whole experts — $\lfloor E/ep \rfloor$, the remainder to the lowest

@@ -317,7 +317,7 @@ viz.weight_traffic(m, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096],
 # * A token costs $2(3kHI + EH)$ FLOPs — 0.7 GFLOP for Mixtral — but a batch must read every touched
 #   expert's weights: at small $M$ the layer is bound by memory, one FLOP per byte at $M = 1$.
 #
-# **Next — 04 · alignment:** sorting the (token, slot) pairs by expert and padding each group to the
+# **Next — [04 · alignment](04_alignment.ipynb):** sorting the (token, slot) pairs by expert and padding each group to the
 # kernel's tile size, so that one Triton launch can run all experts' GEMMs.
 
 # %% [markdown] slideshow={"slide_type": "slide"}

@@ -550,7 +550,7 @@ for path in test_files:
 #   the $(Mk, 2I)$ intermediate never reaches memory; GEMM2's epilogue applies the routing weight.
 # * Two launches and a sum over $k$ reproduce the fp64 reference and Hugging Face's Mixtral block.
 #
-# **Next — 06 · performance:** the floors, the roofline, tuned configurations, and how the kernel measures up
+# **Next — [06 · performance](06_performance.ipynb):** the floors, the roofline, tuned configurations, and how the kernel measures up
 # against vLLM and the peers on real GPUs.
 
 # %% [markdown] slideshow={"slide_type": "slide"}

@@ -710,5 +710,5 @@ check_decode_floor(decode_floor_us)
 # * The remaining gaps have names: launches at small $M$ and high TP; the row gather, padding to
 #   `BLOCK_SIZE_M`, and the absence of TMA and warp specialization at large $M$.
 #
-# **Next — 07 · tensor parallel:** how the $1/tp$ slices of section 1 are cut, and what the all-reduce that
+# **Next — [07 · tensor parallel](07_tensor_parallel.ipynb):** how the $1/tp$ slices of section 1 are cut, and what the all-reduce that
 # joins them costs.

@@ -410,5 +410,5 @@ check_shard_w2(shard_w2)
 # * The launcher never hangs: a failing rank's traceback surfaces at once, collectives and the launch
 #   itself have timeouts.
 #
-# **Next — 08 · expert parallelism:** whole experts per rank instead of slices, what skewed routing does
+# **Next — [08 · expert parallelism](08_expert_parallel.ipynb):** whole experts per rank instead of slices, what skewed routing does
 # to the ranks' loads, and how redundant copies of hot experts (EPLB) even them out.

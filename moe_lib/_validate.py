@@ -54,6 +54,12 @@ def check_dim(name: str, t: torch.Tensor, dim: int, expected: int, what: str) ->
         )
 
 
+def value_range(t: torch.Tensor) -> tuple[int, int]:
+    """(min, max) of a non-empty integer tensor with one device sync (one kernel, one copy to the host)."""
+    lo, hi = torch.aminmax(t)
+    return tuple(int(v) for v in torch.stack([lo, hi]).tolist())
+
+
 def check_routing(
     topk_weights: torch.Tensor, topk_ids: torch.Tensor, num_tokens: int, num_experts: int, device: torch.device
 ) -> int:
@@ -66,7 +72,7 @@ def check_routing(
         )
     check_dim("topk_ids", topk_ids, 0, num_tokens, "the number of tokens in hidden_states")
     if topk_ids.numel():
-        lo, hi = int(topk_ids.min()), int(topk_ids.max())
+        lo, hi = value_range(topk_ids)
         if lo < 0 or hi >= num_experts:
             raise ValueError(f"topk_ids must lie in [0, {num_experts}) (num_experts), got values in [{lo}, {hi}]")
     return topk_ids.shape[1]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._validate import FLOAT_DTYPES, INT_DTYPES, check_dim, check_routing, check_tensor
+from ._validate import FLOAT_DTYPES, INT_DTYPES, check_dim, check_routing, check_tensor, value_range
 
 
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
@@ -52,7 +52,7 @@ def check_moe_args(
         check_tensor("expert_map", expert_map, ndim=1, dtypes=INT_DTYPES, device=device)
         num_global = expert_map.shape[0]
         if expert_map.numel():
-            lo, hi = int(expert_map.min()), int(expert_map.max())
+            lo, hi = value_range(expert_map)
             if lo < -1 or hi >= num_local:
                 raise ValueError(
                     f"expert_map must map to -1 or a local expert id in [0, {num_local}), got values in [{lo}, {hi}]"

@@ -52,8 +52,11 @@ test-notebooks: setup
 	$(PY) -m pytest $(NBVAL_FLAGS) $(NB)
 
 # On a GPU machine (no venv needed there):  make test-gpu PY=python3
+# Every unit test then runs on CUDA tensors, the `gpu`-marked grid included (add -n 8 via PYTEST_ARGS if
+# pytest-xdist is there; the Mixtral-shape cases want a GPU to themselves).
+PYTEST_ARGS ?=
 test-gpu:
-	$(PY) -m pytest -q -m gpu tests
+	$(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/browser $(PYTEST_ARGS)
 
 # JupyterLab in headless chromium (Debian's package; installed with apt-get if missing, which needs root):
 # opens every notebook, runs all cells, checks errors, figures and widgets; screenshots in .browser-test/.

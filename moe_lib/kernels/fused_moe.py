@@ -420,11 +420,13 @@ def fused_moe(
     """Routing (fp32 softmax top-k, Triton) then :func:`fused_experts`."""
     from ..routing import topk_softmax_triton
 
-    topk_weights, topk_ids = topk_softmax_triton(router_logits, top_k, renormalize)
-    if router_logits.shape[0] != hidden_states.shape[0]:
+    if isinstance(router_logits, torch.Tensor) and isinstance(hidden_states, torch.Tensor) and (
+        router_logits.dim() == 2 and router_logits.shape[0] != hidden_states.shape[0]
+    ):
         raise ValueError(
             f"router_logits has {router_logits.shape[0]} rows but hidden_states has {hidden_states.shape[0]} tokens"
         )
+    topk_weights, topk_ids = topk_softmax_triton(router_logits, top_k, renormalize)
     return fused_experts(hidden_states, w13, w2, topk_weights, topk_ids,
                          expert_map=expert_map, config=config, check_ids=check_ids)
 

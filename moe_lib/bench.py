@@ -73,11 +73,13 @@ def expected_experts_touched(m: int, num_experts: int, top_k: int) -> float:
     return num_experts * (1 - (1 - top_k / num_experts) ** m)
 
 
-def floor_us(m: int, tp: int, ceilings: dict[str, float], shape: dict = MIXTRAL) -> dict[str, float]:
-    """Bytes over bandwidth (the touched experts' weights, once) and FLOPs over the matmul rate."""
+def floor_us(m: int, tp: int, ceilings: dict[str, float], shape: dict = MIXTRAL,
+             experts: float | None = None) -> dict[str, float]:
+    """Bytes over bandwidth (the touched experts' weights, once) and FLOPs over the matmul rate. ``experts``:
+    how many distinct experts the routing touched (default: the expectation for uniform routing)."""
     e, k, h, n = shape["num_experts"], shape["top_k"], shape["hidden"], shape["intermediate"] // tp
     bytes_per_expert = 3 * h * n * 2  # w1, w3, w2 in bf16
-    weight_bytes = expected_experts_touched(m, e, k) * bytes_per_expert
+    weight_bytes = (expected_experts_touched(m, e, k) if experts is None else experts) * bytes_per_expert
     flops = 2 * m * k * 3 * h * n
     mem = weight_bytes / (ceilings["copy_TBps"] * 1e12) * 1e6
     mma = flops / (ceilings["matmul_TFLOPs"] * 1e12) * 1e6
@@ -205,7 +207,7 @@ def graph_us(fn: Callable[[], object], repeats: int = 10, reps: int = 5) -> floa
 def breakdown(tp: int, m: int, config: dict | None = None, repeats: int = 20) -> dict[str, float]:
     """µs of each step of one layer call (each step alone in a CUDA graph of `repeats` launches)."""
     from .kernels.align import moe_align_block_size
-    from .kernels.fused_moe import invoke_fused_moe_kernel, moe_sum, split_config
+    from .kernels.fused_moe import gather_sorted_rows, invoke_fused_moe_kernel, moe_sum, split_config, tma_usable
 
     gen = torch.Generator(device="cuda").manual_seed(2)
     e, k, h = MIXTRAL["num_experts"], MIXTRAL["top_k"], MIXTRAL["hidden"]
@@ -216,22 +218,29 @@ def breakdown(tp: int, m: int, config: dict | None = None, repeats: int = 20) ->
     x = torch.randn(m, h, device="cuda", dtype=torch.bfloat16, generator=gen)
     logits = torch.randn(m, e, device="cuda", dtype=torch.bfloat16, generator=gen)
     weights, ids = topk_softmax_triton(logits, k)
-    routing = moe_align_block_size(ids, config_up["BLOCK_SIZE_M"], e)
+    bm = config_up["BLOCK_SIZE_M"]
+    routing = moe_align_block_size(ids, bm, e)
     flat_w = weights.reshape(-1)
-    act = torch.empty(m * k, n, device="cuda", dtype=torch.bfloat16)
+    tma = config_up.get("TMA", False) and tma_usable(w13, w2)
+    if tma:  # the sorted layout, as fused_experts runs it
+        a, a_rows_div = gather_sorted_rows(x, routing[0], routing[2], k, bm), 1
+    else:
+        a, a_rows_div = x, k
+    act = torch.empty(a.shape[0] if tma else m * k, n, device="cuda", dtype=torch.bfloat16)
     partial = torch.empty(m * k, h, device="cuda", dtype=torch.bfloat16)
     out = torch.empty(m, h, device="cuda", dtype=torch.bfloat16)
     steps = {
         "routing": lambda: topk_softmax_triton(logits, k),
-        "align": lambda: moe_align_block_size(ids, config_up["BLOCK_SIZE_M"], e),
-        "gemm1": lambda: invoke_fused_moe_kernel(x, w13, act, flat_w, *routing, a_rows_div=k, gated=True,
-                                                 mul_routed_weight=False, config=config_up),
+        "align": lambda: moe_align_block_size(ids, bm, e),
+        "gather": (lambda: gather_sorted_rows(x, routing[0], routing[2], k, bm)) if tma else None,
+        "gemm1": lambda: invoke_fused_moe_kernel(a, w13, act, flat_w, *routing, a_rows_div=a_rows_div, gated=True,
+                                                 mul_routed_weight=False, config=config_up, tma=tma, c_sorted=tma),
         "gemm2": lambda: invoke_fused_moe_kernel(act, w2, partial, flat_w, *routing, a_rows_div=1, gated=False,
-                                                 mul_routed_weight=True, config=config_down),
+                                                 mul_routed_weight=True, config=config_down, tma=tma),
         "sum_k": lambda: moe_sum(partial.view(m, k, h), out, ids, e),
         "layer": lambda: layer_moe_lib(x, w13, w2, logits, k, config),
     }
-    return {name: graph_us(fn, repeats, reps=10) for name, fn in steps.items()}
+    return {name: graph_us(fn, repeats, reps=10) if fn else 0.0 for name, fn in steps.items()}
 
 
 def make_weights(tp: int, gen: torch.Generator, shape: dict = MIXTRAL):
@@ -272,7 +281,12 @@ def run(tps=TP_VALUES, ms=M_VALUES, impls=IMPLS, calls=10, replays=20, out_path=
         for m in ms:
             x = torch.randn(m, h, device="cuda", dtype=torch.bfloat16, generator=gen)
             pool = [torch.randn(m, e, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(8)]
-            fl = floor_us(m, tp, ceilings)
+            # At small M the floor depends on how many distinct experts each drawn routing touches: the
+            # floor of a point is the median, over the timed replays, of the floor of the routing replayed.
+            touched = [topk_softmax_triton(lg, top_k)[1].unique().numel() for lg in pool]
+            replayed = [touched[i % len(pool)] for i in range(2, replays + 2)]
+            fl = floor_us(m, tp, ceilings, experts=statistics.median(replayed))
+            expected = floor_us(m, tp, ceilings)["floor_us"]
             for impl in impls:
                 fn = LAYERS[impl]
                 if impl == "grouped_mm" and not hasattr(torch, "_grouped_mm"):
@@ -289,7 +303,8 @@ def run(tps=TP_VALUES, ms=M_VALUES, impls=IMPLS, calls=10, replays=20, out_path=
                         print(f"{tp:>3} {m:>5} {impl:>11}  failed: {repr(exc)[:80]}")
                     continue
                 rec = {"tp": tp, "M": m, "impl": impl, "us": round(us, 2), "config": config,
-                       "floor_us": round(fl["floor_us"], 2)}
+                       "floor_us": round(fl["floor_us"], 2), "floor_expected_us": round(expected, 2),
+                       "experts_touched": statistics.median(replayed)}
                 result["records"].append(rec)
                 if verbose:
                     print(f"{tp:>3} {m:>5} {impl:>11} {us:>9.1f} {fl['flops'] / us / 1e6:>8.1f} "
@@ -315,7 +330,7 @@ def main(argv=None) -> None:
     p.add_argument("--breakdown", action="store_true", help="time each step of the layer at each (tp, M) instead")
     a = p.parse_args(argv)
     if a.breakdown:
-        names = ("routing", "align", "gemm1", "gemm2", "sum_k", "layer")
+        names = ("routing", "align", "gather", "gemm1", "gemm2", "sum_k", "layer")
         print(f"{'tp':>3} {'M':>5}  " + "  ".join(f"{name:>8}" for name in names))
         for tp in a.tp:
             for m in a.m:

@@ -5,7 +5,9 @@
 
 For each (N, M) and each BLOCK_SIZE_M (shared by both GEMMs, since they walk the same aligned blocks),
 GEMM1 (x w13, gate and up) and GEMM2 (x w2) are timed *separately* over their candidates, each alone in
-a CUDA graph; the BLOCK_SIZE_M whose alignment + best GEMM1 + best GEMM2 is fastest wins. The table
+a CUDA graph; the BLOCK_SIZE_M whose alignment + best GEMM1 + best GEMM2 is fastest wins. From M = 512 on
+each BLOCK_SIZE_M >= 64 is also tried with ``"TMA"`` (tokens copied into sorted order, tiles read through
+tensor descriptors), the copy's time counted. The table
 goes to ``moe_lib/kernels/configs/E=<E>,N=<N>,device_name=<gpu>.json`` mapping M to a config whose
 ``"down"`` entry holds GEMM2's own tile sizes; ``get_config`` picks the nearest M.
 """
@@ -21,7 +23,14 @@ import torch
 from . import runtime
 from .bench import MIXTRAL, graph_us, make_weights
 from .kernels.align import moe_align_block_size
-from .kernels.fused_moe import CONFIG_DIR, config_file_name, invoke_fused_moe_kernel, load_config_table
+from .kernels.fused_moe import (
+    CONFIG_DIR,
+    config_file_name,
+    gather_sorted_rows,
+    invoke_fused_moe_kernel,
+    load_config_table,
+    tma_usable,
+)
 from .routing import topk_softmax_triton
 
 TUNE_M = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -42,7 +51,7 @@ def candidates(m: int, block_m: int, gated: bool) -> list[dict]:
         space = dict(BLOCK_SIZE_N=[64, 128, 256], BLOCK_SIZE_K=[64, 128], GROUP_SIZE_M=[1],
                      num_warps=[4, 8], num_stages=[3, 4])
     else:
-        space = dict(BLOCK_SIZE_N=[128, 256], BLOCK_SIZE_K=[64], GROUP_SIZE_M=[1, 16], num_warps=[8],
+        space = dict(BLOCK_SIZE_N=[128, 256], BLOCK_SIZE_K=[64, 128], GROUP_SIZE_M=[1, 16], num_warps=[8],
                      num_stages=[3, 4])
     out = []
     for values in itertools.product(*space.values()):
@@ -56,6 +65,12 @@ def candidates(m: int, block_m: int, gated: bool) -> list[dict]:
             continue
         out.append(cfg)
     return out
+
+
+def tma_choices(m: int, block_m: int) -> tuple[bool, ...]:
+    """The sorted layout read through tensor descriptors pays for its extra copy only at larger M (and
+    with row blocks big enough for the copy engine to matter)."""
+    return (False, True) if m >= 512 and block_m >= 64 else (False,)
 
 
 def _best(run_one, configs: list[dict]) -> tuple[float, dict]:
@@ -76,19 +91,29 @@ def tune_point(x, w13, w2, weights, ids, num_experts: int, top_k: int) -> tuple[
     partial = torch.empty(m * top_k, h, device=x.device, dtype=x.dtype)
     flat_w = weights.reshape(-1)
     best = None
-    for block_m in block_m_choices(m):
+    for block_m, tma in ((bm, t) for bm in block_m_choices(m) for t in tma_choices(m, bm)):
         routing = moe_align_block_size(ids, block_m, num_experts)
         align_us = graph_us(lambda bm=block_m: moe_align_block_size(ids, bm, num_experts))
-        up_us, up = _best(lambda c, r=routing: invoke_fused_moe_kernel(
-            x, w13, act, flat_w, *r, a_rows_div=top_k, gated=True, mul_routed_weight=False, config=c),
-            candidates(m, block_m, gated=True))
-        down_us, down = _best(lambda c, r=routing: invoke_fused_moe_kernel(
-            act, w2, partial, flat_w, *r, a_rows_div=1, gated=False, mul_routed_weight=True, config=c),
+        if tma and tma_usable(w13, w2):
+            # As fused_experts does it: tokens copied into sorted order, act kept in sorted order.
+            a1 = gather_sorted_rows(x, routing[0], routing[2], top_k, block_m)
+            gather_us = graph_us(lambda r=routing, bm=block_m: gather_sorted_rows(x, r[0], r[2], top_k, bm))
+            a, a_rows_div, mid = a1, 1, torch.empty(a1.shape[0], n, device=x.device, dtype=x.dtype)
+        elif tma:
+            continue
+        else:
+            gather_us, a, a_rows_div, mid = 0.0, x, top_k, act
+        # GEMM1 runs first: its output (real values, not garbage) is GEMM2's input.
+        up_us, up = _best(lambda c, r=routing, a=a, mid=mid, div=a_rows_div, t=tma: invoke_fused_moe_kernel(
+            a, w13, mid, flat_w, *r, a_rows_div=div, gated=True, mul_routed_weight=False, config=c,
+            tma=t, c_sorted=t), candidates(m, block_m, gated=True))
+        down_us, down = _best(lambda c, r=routing, mid=mid, t=tma: invoke_fused_moe_kernel(
+            mid, w2, partial, flat_w, *r, a_rows_div=1, gated=False, mul_routed_weight=True, config=c, tma=t),
             candidates(m, block_m, gated=False))
-        total = align_us + up_us + down_us
+        total = align_us + gather_us + up_us + down_us
         if best is None or total < best[0]:
             down_overrides = {key: v for key, v in down.items() if key != "BLOCK_SIZE_M"}
-            best = (total, {**up, "down": down_overrides})
+            best = (total, {**up, **({"TMA": True} if tma else {}), "down": down_overrides})
     return best
 
 

@@ -292,3 +292,113 @@ def test_unchecked_out_of_range_ids_never_read_out_of_bounds(gen, device, poison
         w_zero = w.clone()
         w_zero[0, 0] = 0.0  # the bad slot contributes nothing
         assert_close(out, moe_reference(x, w13, w2, w_zero, keep, fp64=True))
+
+
+# ---- the TMA layout: tokens copied into sorted order, tiles read through tensor descriptors -------------
+def tma_config(block_m=16, **kw):
+    return dict(BLOCK_SIZE_M=block_m, BLOCK_SIZE_N=32, BLOCK_SIZE_K=32, GROUP_SIZE_M=2, num_warps=4,
+                num_stages=2, TMA=True) | kw
+
+
+@pytest.fixture
+def gathers(monkeypatch):
+    """Counts the calls of gather_sorted_rows: proves which path fused_experts took."""
+    import importlib
+
+    fm = importlib.import_module("moe_lib.kernels.fused_moe")  # the module: the package exports a function so named
+    calls = []
+    real = fm.gather_sorted_rows
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fm, "gather_sorted_rows", spy)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("M,E,H,I,k,block_m", [
+    (1, 8, 64, 96, 2, 16),
+    (33, 8, 96, 200, 2, 16),  # N = 200: the last gate tile reads up rows (never stored)
+    (257, 16, 64, 48, 4, 32),
+    (40, 4, 128, 64, 4, 64),  # top_k = E
+    (7, 1, 64, 32, 1, 16),  # one expert, top_k = 1: GEMM2 writes the output directly
+])
+def test_tma_layout(M, E, H, I, k, block_m, dtype, gen, device, poison, gathers):
+    check(M, E, H, I, k, dtype, gen, device, config=tma_config(block_m))
+    assert len(gathers) == 1  # the TMA path ran, not the fallback
+
+
+def test_tma_falls_back_when_rows_are_not_16_byte_aligned(gen, device, poison, gathers):
+    # fp32 rows of 511 elements are 2044 bytes: no descriptor can describe them; the result is the same.
+    check(20, 8, 511, 64, 2, torch.float32, gen, device, config=tma_config())
+    assert gathers == []
+    x, w13, w2, w, ids, _ = make_problem(20, 8, 64, 96, 2, gen, device=device)
+    w13_t = w13.transpose(1, 2).contiguous().transpose(1, 2)  # stride(2) != 1
+    assert_close(fused_experts(x, w13_t, w2, w, ids, config=tma_config()), moe_reference(x, w13, w2, w, ids, fp64=True))
+    assert gathers == []
+
+
+def test_tma_with_expert_map_and_unchecked_bad_ids(gen, device, poison, gathers):
+    M, E, H, I, k = 50, 8, 64, 96, 2
+    x, w13, w2, w, ids, _ = make_problem(M, E, H, I, k, gen, device=device)
+    local = torch.arange(2, 6, device=device)
+    expert_map = torch.full((E,), -1, dtype=torch.int32, device=device)
+    expert_map[local] = torch.arange(4, dtype=torch.int32, device=device)
+    part = fused_experts(x, w13[local], w2[local], w, ids, expert_map=expert_map, config=tma_config())
+    assert_close(part, moe_reference(x, w13[local], w2[local], w, ids, expert_map=expert_map, fp64=True))
+    bad = ids.clone()
+    bad[3, 1] = E + 5  # unchecked: dropped by the alignment, contributes nothing
+    w_zero = w.clone()
+    w_zero[3, 1] = 0.0
+    keep = bad.clone()
+    keep[3, 1] = 0
+    out = fused_experts(x, w13, w2, w, bad, config=tma_config(), check_ids=False)
+    assert_close(out, moe_reference(x, w13, w2, w_zero, keep, fp64=True))
+    assert len(gathers) == 2
+
+
+@pytest.mark.parametrize("M,k,block_m", [(1, 2, 16), (33, 2, 16), (100, 4, 64)])
+def test_gather_sorted_rows(M, k, block_m, gen, device, poison):
+    from moe_lib.kernels.align import moe_align_block_size
+    from moe_lib.kernels.fused_moe import gather_sorted_rows
+
+    x, _, _, _, ids, _ = make_problem(M, 8, 72, 16, k, gen, device=device)
+    sorted_ids, _, total = moe_align_block_size(ids, block_m, 8)
+    rows = gather_sorted_rows(x, sorted_ids, total, k, block_m)
+    n = total.item()
+    assert rows.shape == (sorted_ids.shape[0], 72)
+    valid = sorted_ids[:n] < M * k
+    assert torch.equal(rows[:n][valid], x[sorted_ids[:n][valid].long() // k])
+    assert (rows[:n][~valid] == 0).all()  # padding rows are zeros, never garbage
+
+
+def test_tma_config_is_validated():
+    from moe_lib.kernels.fused_moe import split_config
+
+    with pytest.raises(TypeError, match="TMA"):
+        split_config(tma_config() | {"TMA": 1})
+    with pytest.raises(ValueError, match="TMA"):
+        split_config(tma_config(down={"TMA": True}))
+    up, down = split_config(tma_config())
+    assert up["TMA"] and down["TMA"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("M,E,H,I,k", [(M, E, H, I, k) for M in (1, 33, 257, 1000)
+                                       for (E, k) in ((1, 1), (8, 2), (64, 4), (256, 2))
+                                       for (H, I) in ((96, 200), (512, 96))])
+def test_gpu_tma_grid(M, E, H, I, k, dtype, gen, poison):
+    check(M, E, H, I, k, dtype, gen, "cuda", config=tma_config(64, BLOCK_SIZE_N=64, BLOCK_SIZE_K=64))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tp", [1, 8])
+@pytest.mark.parametrize("M", [512, 4096])
+def test_gpu_mixtral_tma_bf16(tp, M, gen, poison, gathers):
+    config = dict(BLOCK_SIZE_M=128, BLOCK_SIZE_N=128, BLOCK_SIZE_K=64, GROUP_SIZE_M=16, num_warps=8, num_stages=4,
+                  TMA=True, down=dict(BLOCK_SIZE_N=256))
+    check(M, 8, 4096, 14336 // tp, 2, torch.bfloat16, gen, "cuda", config=config)
+    assert len(gathers) == 1

@@ -13,6 +13,11 @@ Both GEMMs are the same kernel, :func:`fused_moe_kernel`. A program computes one
 C for one block of sorted rows; all rows of a block share an expert, so the B tile is one slice of that
 expert's weight. Row r of the A tile is token ``sorted_token_ids[r] // A_ROWS_DIV`` (the token itself
 in GEMM1, the (token, slot) row in GEMM2).
+
+For large M a config may ask for ``"TMA"``: the tokens are first copied into sorted order
+(:func:`gather_sorted_rows`, one row per sorted position), so that every A tile is a contiguous box;
+then both GEMMs fetch A and B tiles through tensor descriptors (Hopper's bulk copy engine), GEMM1 writes
+``act`` in sorted order too, and GEMM2 scatters its rows back to flat ids. Same arithmetic, same result.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pathlib import Path
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .. import runtime
 from .._alloc import empty
@@ -36,8 +42,10 @@ CONFIG_DIR = Path(__file__).with_name("configs")
 
 @triton.jit
 def fused_moe_kernel(
-    # Pointers to matrices: A (rows, K), B (E, N or 2N, K), C (M * top_k, N)
+    # Pointers to matrices: A (rows, K), B (E, N or 2N, K), C (M * top_k or EM, N)
     a_ptr, b_ptr, c_ptr,
+    # Tensor descriptors of A and B for Hopper's bulk copy engine (TMA); None unless TMA
+    a_desc, b_desc,
     # Pointers to routing data: topk_weights (M * top_k,) fp32, and the alignment's three outputs
     topk_weights_ptr, sorted_token_ids_ptr, expert_ids_ptr, num_tokens_post_padded_ptr,
     # Matrix dimensions: N columns of C, K the reduction, EM = len(sorted_token_ids),
@@ -51,6 +59,8 @@ def fused_moe_kernel(
     A_ROWS_DIV: tl.constexpr,  # flat id -> A row: top_k when A holds tokens (GEMM1), 1 otherwise (GEMM2)
     GATED: tl.constexpr,  # B rows [0, N) are the gate, [N, 2N) the up projection: C = silu(A Bg^T) * (A Bu^T)
     MUL_ROUTED_WEIGHT: tl.constexpr,  # multiply each row of C by its fp32 routing weight
+    TMA: tl.constexpr,  # A's rows are already in sorted order (row = sorted position); A, B via descriptors
+    C_SORTED: tl.constexpr,  # store row r of the tile at sorted position r (GEMM1 feeding a TMA GEMM2)
     COMPUTE_FP32: tl.constexpr,  # upcast tiles to fp32 before tl.dot (the interpreter gets bf16 wrong)
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (exact), "tf32" is never chosen implicitly
     BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
@@ -82,8 +92,13 @@ def fused_moe_kernel(
     flat_ids = flat_ids.to(tl.int64)  # M * top_k * stride overflows int32 at large M
     offs_cn = pid_n * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)
     col_mask = offs_cn < N
-    c_ptrs = c_ptr + flat_ids[:, None] * stride_cm + offs_cn[None, :] * stride_cn
-    c_mask = row_mask[:, None] & col_mask[None, :]
+    if C_SORTED:  # padding rows too (as zeros), so that GEMM2 reads no uninitialized memory
+        c_rows = offs_sorted.to(tl.int64)
+        c_mask = (offs_sorted < EM)[:, None] & col_mask[None, :]
+    else:
+        c_rows = flat_ids
+        c_mask = row_mask[:, None] & col_mask[None, :]
+    c_ptrs = c_ptr + c_rows[:, None] * stride_cm + offs_cn[None, :] * stride_cn
 
     # An expert that lives on another rank (-1) contributes zeros here; so does an id that is not an
     # expert of B at all (never read out of bounds, whatever the caller passed).
@@ -106,16 +121,28 @@ def fused_moe_kernel(
     # Iterate over K, accumulating in fp32.
     acc = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=tl.float32)
+    # TMA: the copy engine fetches whole boxes and fills zeros past the tensor's edges (the K tail, the
+    # last rows of B). Gate rows past N read up rows: they only feed columns that are never stored.
+    row_a = (pid_m * BLOCK_SIZE_M).to(tl.int32)
+    row_b = (pid_n * BLOCK_SIZE_N).to(tl.int32)
     for k in range(0, tl.cdiv(K, BLOCK_SIZE_K)):
         k_mask = offs_k < K - k * BLOCK_SIZE_K
-        a = tl.load(a_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-        b = tl.load(b_ptrs, mask=k_mask[:, None] & col_mask[None, :], other=0.0)
+        if TMA:
+            a = a_desc.load([row_a, k * BLOCK_SIZE_K])  # (BLOCK_SIZE_M, BLOCK_SIZE_K)
+            b = b_desc.load([expert.to(tl.int32), row_b, k * BLOCK_SIZE_K]).reshape(BLOCK_SIZE_N, BLOCK_SIZE_K).T
+        else:
+            a = tl.load(a_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=k_mask[:, None] & col_mask[None, :], other=0.0)
         if COMPUTE_FP32:
             a = a.to(tl.float32)
             b = b.to(tl.float32)
         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
         if GATED:
-            b_up = tl.load(b_up_ptrs, mask=k_mask[:, None] & col_mask[None, :], other=0.0)
+            if TMA:
+                b_up = b_desc.load([expert.to(tl.int32), N + row_b, k * BLOCK_SIZE_K])
+                b_up = b_up.reshape(BLOCK_SIZE_N, BLOCK_SIZE_K).T
+            else:
+                b_up = tl.load(b_up_ptrs, mask=k_mask[:, None] & col_mask[None, :], other=0.0)
             if COMPUTE_FP32:
                 b_up = b_up.to(tl.float32)
             acc_up = tl.dot(a, b_up, acc_up, input_precision=DOT_PRECISION)
@@ -159,6 +186,55 @@ def moe_sum_kernel(
         acc += tl.load(ptrs + j * stride_pk, mask=mask & valid[:, None], other=0.0).to(tl.float32)
     out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_h[None, :] * stride_oh
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def gather_rows_kernel(
+    # Pointers: x (M, H) tokens, out (EM, H) tokens in sorted order, the alignment's outputs
+    x_ptr, out_ptr, sorted_token_ids_ptr, num_tokens_post_padded_ptr,
+    # Sizes: H, EM = len(sorted_token_ids), num_valid_tokens = M * top_k (larger ids are padding)
+    H, EM, num_valid_tokens,
+    # Strides
+    stride_xm, stride_xh, stride_om, stride_oh,
+    # Meta-parameters
+    TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    """out[p] = x[sorted_token_ids[p] // TOP_K] for every sorted position p below the padded total; padding
+    positions get zeros. Positions past the padded total are never read by the GEMMs: left alone."""
+    pid_m = tl.program_id(axis=0)
+    pid_h = tl.program_id(axis=1)
+    if pid_m * BLOCK_M >= tl.load(num_tokens_post_padded_ptr):
+        return
+    offs_p = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    p_mask = offs_p < EM
+    flat_ids = tl.load(sorted_token_ids_ptr + offs_p, mask=p_mask, other=num_valid_tokens)
+    valid = flat_ids < num_valid_tokens
+    rows = (flat_ids // TOP_K).to(tl.int64)
+    offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    h_mask = offs_h < H
+    vals = tl.load(x_ptr + rows[:, None] * stride_xm + offs_h[None, :] * stride_xh,
+                   mask=valid[:, None] & h_mask[None, :], other=0.0)
+    tl.store(out_ptr + offs_p.to(tl.int64)[:, None] * stride_om + offs_h[None, :] * stride_oh, vals,
+             mask=p_mask[:, None] & h_mask[None, :])
+
+
+def gather_sorted_rows(
+    x: torch.Tensor, sorted_token_ids: torch.Tensor, num_tokens_post_padded: torch.Tensor, top_k: int, block_m: int
+) -> torch.Tensor:
+    """(M, H) -> (EM, H): the tokens laid out in the alignment's order, one row per (token, slot), so that
+    each BLOCK_M block is a contiguous box a tensor descriptor can fetch."""
+    em, hidden = sorted_token_ids.shape[0], x.shape[1]
+    out = empty(em, hidden, dtype=x.dtype, device=x.device)
+    block_h = min(triton.next_power_of_2(hidden), 4096 if runtime.INTERPRET else 512)
+    rows_per_program = max(1, min(block_m, (16384 if runtime.INTERPRET else 4096) // block_h))
+    grid = (triton.cdiv(em, rows_per_program), triton.cdiv(hidden, block_h))
+    with runtime.quiet_interpreter():
+        gather_rows_kernel[grid](
+            x, out, sorted_token_ids, num_tokens_post_padded, hidden, em, x.shape[0] * top_k,
+            x.stride(0), x.stride(1), out.stride(0), out.stride(1),
+            TOP_K=top_k, BLOCK_M=rows_per_program, BLOCK_H=block_h, num_warps=4,
+        )
+    return out
 
 
 def moe_sum(partial: torch.Tensor, out: torch.Tensor, topk_ids: torch.Tensor, num_experts: int) -> torch.Tensor:
@@ -229,6 +305,9 @@ def default_config(
         "GROUP_SIZE_M": 16 if m / num_experts > 128 else 1,
         "num_warps": 4 if m <= 128 else 8,
         "num_stages": 4 if m <= 32 else 3,
+        # The sorted layout through tensor descriptors won from M = 512 on at every TP size tuned on an H100;
+        # fused_experts falls back to pointer loads where the GPU or the strides do not allow descriptors.
+        "TMA": m >= 512,
     }
 
 
@@ -245,13 +324,16 @@ def get_config(num_tokens: int, num_experts: int, n: int, hidden: int, top_k: in
 def split_config(config: dict) -> tuple[dict, dict]:
     """(GEMM1 config, GEMM2 config). A config may carry ``"down"``: overrides for GEMM2 (x w2), which has
     another shape than GEMM1 (N = H instead of I, no gate/up pair). BLOCK_SIZE_M is shared: both GEMMs
-    walk the same aligned blocks."""
+    walk the same aligned blocks; so is the optional ``"TMA"`` (bool, default False): lay the tokens out in
+    sorted order first and read every tile through tensor descriptors (see :func:`fused_experts`)."""
     if not isinstance(config, dict):
         raise TypeError(f"config must be a dict, got {type(config).__name__}")
     down = config.get("down", {})
-    if not isinstance(down, dict) or "BLOCK_SIZE_M" in down:
-        raise ValueError("config['down'] must be a dict of GEMM2 overrides without BLOCK_SIZE_M")
-    up = {key: config[key] for key in CONFIG_KEYS if key in config}
+    if not isinstance(down, dict) or "BLOCK_SIZE_M" in down or "TMA" in down:
+        raise ValueError("config['down'] must be a dict of GEMM2 overrides without BLOCK_SIZE_M or TMA")
+    if not isinstance(config.get("TMA", False), bool):
+        raise TypeError(f"config['TMA'] must be a bool, got {config['TMA']!r}")
+    up = {key: config[key] for key in (*CONFIG_KEYS, "TMA") if key in config}
     for name, cfg in (("config", up), ("config['down']", {**up, **down})):
         missing = set(CONFIG_KEYS) - set(cfg)
         if missing:
@@ -279,16 +361,24 @@ def invoke_fused_moe_kernel(
     gated: bool,
     mul_routed_weight: bool,
     config: dict,
+    tma: bool = False,
+    c_sorted: bool = False,
 ) -> None:
-    """Launch one grouped GEMM: C[flat id] = A[flat id // a_rows_div] @ B[expert].T (see the kernel)."""
+    """Launch one grouped GEMM: C[flat id] = A[flat id // a_rows_div] @ B[expert].T (see the kernel).
+    With ``tma`` A is already in sorted order (row = sorted position, :func:`gather_sorted_rows`) and A
+    and B are read through tensor descriptors; with ``c_sorted`` C's rows are sorted positions too."""
     n = c.shape[1]
     k = a.shape[1]
     em = sorted_token_ids.shape[0]
-    grid = (triton.cdiv(em, config["BLOCK_SIZE_M"]) * triton.cdiv(n, config["BLOCK_SIZE_N"]),)
+    bm, bn, bk = config["BLOCK_SIZE_M"], config["BLOCK_SIZE_N"], config["BLOCK_SIZE_K"]
+    grid = (triton.cdiv(em, bm) * triton.cdiv(n, bn),)
     compute_fp32 = runtime.INTERPRET and a.dtype != torch.float32
+    a_desc = TensorDescriptor.from_tensor(a, [bm, bk]) if tma else None  # boxes of (BM, BK) rows of A
+    b_desc = TensorDescriptor.from_tensor(b, [1, bn, bk]) if tma else None  # (1, BN, BK) of one expert
     with runtime.quiet_interpreter():
         fused_moe_kernel[grid](
             a, b, c,
+            a_desc, b_desc,
             topk_weights, sorted_token_ids, expert_ids, num_tokens_post_padded,
             n, k, em, c.shape[0], b.shape[0],
             a.stride(0), a.stride(1),
@@ -297,6 +387,8 @@ def invoke_fused_moe_kernel(
             A_ROWS_DIV=a_rows_div,
             GATED=gated,
             MUL_ROUTED_WEIGHT=mul_routed_weight,
+            TMA=tma,
+            C_SORTED=c_sorted,
             COMPUTE_FP32=compute_fp32,
             DOT_PRECISION="ieee" if (a.dtype == torch.float32 or compute_fp32) else "tf32",
             BLOCK_SIZE_M=config["BLOCK_SIZE_M"],
@@ -306,6 +398,18 @@ def invoke_fused_moe_kernel(
             num_warps=config["num_warps"],
             num_stages=config["num_stages"],
         )
+
+
+def tma_usable(*tensors: torch.Tensor) -> bool:
+    """Whether tensor descriptors can describe these tensors here: a Hopper-or-newer GPU (or the
+    interpreter), unit stride in the last dimension, 16-byte aligned base and other strides."""
+    if not runtime.INTERPRET and not all(t.is_cuda and torch.cuda.get_device_capability(t.device)[0] >= 9
+                                         for t in tensors):
+        return False
+    return all(
+        t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(st * t.element_size() % 16 == 0 for st in t.stride()[:-1])
+        for t in tensors
+    )
 
 
 _DECODE_LAYOUTS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -351,8 +455,9 @@ def fused_experts(
         w2: (E, H, I) per expert, same dtype; any strides.
         topk_weights: (M, k) routing weights; topk_ids: (M, k) expert ids (global ids if expert_map).
         expert_map: optional (E_global,) global -> local expert id, -1 for experts on other ranks.
-        config: kernel configuration (CONFIG_KEYS, optionally "down": GEMM2 overrides); default: the tuned
-            table for this shape and GPU, else a heuristic.
+        config: kernel configuration (CONFIG_KEYS, optionally "down": GEMM2 overrides, "TMA": the sorted
+            layout read through tensor descriptors, used where the GPU and the strides allow it); default:
+            the tuned table for this shape and GPU, else a heuristic.
         check_ids: verify on the host that ids lie in [0, E) (one device sync; turn off when capturing a
             CUDA graph — out-of-range ids are then skipped by the alignment, never read out of bounds).
 
@@ -387,18 +492,31 @@ def fused_experts(
         layout = moe_align_block_size(topk_ids, config_up["BLOCK_SIZE_M"], num_global, expert_map)
     sorted_token_ids, expert_ids, num_tokens_post_padded = layout
     weights = topk_weights.reshape(-1).to(torch.float32)  # (M * k,) indexed by flat id
-    act = empty(num_tokens * top_k, inter, dtype=hidden_states.dtype, device=hidden_states.device)
     # With one (validated) expert per token GEMM2 writes the output directly; otherwise one row per
     # (token, slot), summed below.
     direct = top_k == 1 and check_ids
     partial = out if direct else empty(num_tokens * top_k, hidden, dtype=out.dtype, device=out.device)
     routing = (weights, sorted_token_ids, expert_ids, num_tokens_post_padded)
-    # GEMM1 + SiLU-and-mul: act = silu(x @ w1[e].T) * (x @ w3[e].T), one row per (token, slot).
-    invoke_fused_moe_kernel(hidden_states, w13, act, *routing,
-                            a_rows_div=top_k, gated=True, mul_routed_weight=False, config=config_up)
-    # GEMM2, times the routing weight: partial = weight * act @ w2[e].T.
-    invoke_fused_moe_kernel(act, w2, partial, *routing,
-                            a_rows_div=1, gated=False, mul_routed_weight=True, config=config_down)
+    row_bytes_ok = all(n * hidden_states.element_size() % 16 == 0 for n in (hidden, inter))  # a1 and act rows
+    if config_up.get("TMA", False) and row_bytes_ok and tma_usable(w13, w2):
+        # Large M: copy the tokens into sorted order once, so every A tile is a contiguous box that the
+        # copy engine fetches (a gather by pointers costs more, re-done for each column block of N).
+        # act stays in sorted order (one row per sorted position) for GEMM2, which scatters to flat ids.
+        a1 = gather_sorted_rows(hidden_states, sorted_token_ids, num_tokens_post_padded, top_k,
+                                config_up["BLOCK_SIZE_M"])  # (EM, H)
+        act = empty(a1.shape[0], inter, dtype=hidden_states.dtype, device=hidden_states.device)
+        invoke_fused_moe_kernel(a1, w13, act, *routing, a_rows_div=1, gated=True, mul_routed_weight=False,
+                                config=config_up, tma=True, c_sorted=True)
+        invoke_fused_moe_kernel(act, w2, partial, *routing, a_rows_div=1, gated=False, mul_routed_weight=True,
+                                config=config_down, tma=True)
+    else:
+        act = empty(num_tokens * top_k, inter, dtype=hidden_states.dtype, device=hidden_states.device)
+        # GEMM1 + SiLU-and-mul: act = silu(x @ w1[e].T) * (x @ w3[e].T), one row per (token, slot).
+        invoke_fused_moe_kernel(hidden_states, w13, act, *routing,
+                                a_rows_div=top_k, gated=True, mul_routed_weight=False, config=config_up)
+        # GEMM2, times the routing weight: partial = weight * act @ w2[e].T.
+        invoke_fused_moe_kernel(act, w2, partial, *routing,
+                                a_rows_div=1, gated=False, mul_routed_weight=True, config=config_down)
     # Sum over the k experts of each token.
     if direct:
         return out
@@ -437,6 +555,8 @@ __all__ = [
     "fused_experts",
     "fused_moe",
     "moe_sum",
+    "gather_sorted_rows",
+    "tma_usable",
     "get_config",
     "default_config",
     "load_config_table",

@@ -550,8 +550,9 @@ for path in test_files:
 #   the $(Mk, 2I)$ intermediate never reaches memory; GEMM2's epilogue applies the routing weight.
 # * Two launches and a sum over $k$ reproduce the fp64 reference and Hugging Face's Mixtral block.
 #
-# **Next — [06 · performance](06_performance.ipynb):** the floors, the roofline, tuned configurations, and how the kernel measures up
-# against vLLM and the peers on real GPUs.
+# **Next — [06 · performance](06_performance.ipynb):** the floors, the roofline, tuned configurations, a second
+# layout of this same kernel for large batches (tiles fetched by Hopper's copy engine), and how the kernel
+# measures up against vLLM and the peers on real GPUs.
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## Exercises

@@ -28,7 +28,8 @@
 # 2. **The roofline** — all recorded points on one picture of the machine's limits.
 # 3. **Latency against M** for each tensor-parallel size: `moe_lib`, two peers, and vLLM's kernel.
 # 4. **Ours against vLLM**, point by point, with the share of the floor each reaches.
-# 5. **What the tuning bought** — the default heuristic's tiles against the tuned tables.
+# 5. **What the tuning bought** — the default heuristic's tiles against the tuned tables, and what the
+#    sorted layout read by Hopper's copy engine (TMA) bought at large $M$.
 # 6. **What limits us** — why the remaining gap to the floor is where it is.
 #
 # No GPU is needed: the figures and tables come from benchmark runs recorded on GPUs and stored in
@@ -48,7 +49,18 @@ from pathlib import Path
 import torch
 
 from moe_lib import bench, runtime, viz_perf
-from moe_lib.kernels.fused_moe import default_config, get_config, load_config_table, split_config
+from moe_lib.kernels.align import moe_align_block_size
+from moe_lib.kernels.fused_moe import (
+    default_config,
+    fused_experts,
+    gather_sorted_rows,
+    get_config,
+    load_config_table,
+    split_config,
+)
+from moe_lib.reference import moe_reference
+from moe_lib.routing import topk_softmax
+from moe_lib.testing import verdict
 
 REPO = Path(moe_lib.__file__).resolve().parent.parent
 BENCH = REPO / "data" / "bench"
@@ -57,7 +69,7 @@ E, K, H, I = (bench.MIXTRAL[key] for key in ("num_experts", "top_k", "hidden", "
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## 0. The recorded data
 #
-# Three files, all made on the device machine of this project (`data/README.md` says how the two runs were
+# These files, all made on the device machine of this project (`data/README.md` says how each run was
 # made; the reference file carries its own source note):
 #
 # * `NVIDIA_H100_80GB_HBM3.json` — `python -m moe_lib.bench` on an H100 with the **tuned** configurations of
@@ -66,6 +78,8 @@ E, K, H, I = (bench.MIXTRAL[key] for key in ("num_experts", "top_k", "hidden", "
 #   `grouped_mm` (PyTorch's `torch._grouped_mm` over expert-sorted rows) and `loop` (one matmul pair per
 #   expert, the way transformers runs it) — and the card's two **ceilings**, measured in the same run: the
 #   bandwidth of a large device-to-device copy and the rate of a large bf16 matmul.
+#   `before_tma_NVIDIA_H100_80GB_HBM3.json` is the same command on the same kind of card earlier the same
+#   day, before the TMA layout of section 5 existed.
 # * `NVIDIA_H200.json` — the same command on an H200, with the H200's own tuned configs, and
 #   `default_configs_NVIDIA_H200.json` — the same command on the same kind of card *before* tuning, with the
 #   default heuristic.
@@ -78,12 +92,13 @@ def load(name: str) -> dict:
 
 
 RUN = load("NVIDIA_H100_80GB_HBM3.json")  # ours, tuned configs
+BEFORE_TMA = load("before_tma_NVIDIA_H100_80GB_HBM3.json")  # ours, earlier: pointer loads everywhere
 H200 = load("default_configs_NVIDIA_H200.json")  # ours on an H200, default configs
 H200_TUNED = load("NVIDIA_H200.json")  # ours on an H200, tuned configs
 REF = load("vllm_reference_H100.json")  # vLLM, timed by the maintainers
 
-for name, run in (("NVIDIA_H100_80GB_HBM3.json", RUN), ("default_configs_NVIDIA_H200.json", H200),
-                  ("NVIDIA_H200.json", H200_TUNED)):
+for name, run in (("NVIDIA_H100_80GB_HBM3.json", RUN), ("before_tma_NVIDIA_H100_80GB_HBM3.json", BEFORE_TMA),
+                  ("default_configs_NVIDIA_H200.json", H200), ("NVIDIA_H200.json", H200_TUNED)):
     c = run["ceilings"]
     print(f"{name}: {run['gpu']}, {run['date']}, torch {run['torch']}, triton {run['triton']}")
     print(f"  ceilings: copy {c['copy_TBps']:.2f} TB/s (read + write), bf16 matmul {c['matmul_TFLOPs']:.0f} TFLOP/s")
@@ -211,9 +226,12 @@ viz_perf.floor_vs_tokens(CEIL, token_counts=list(bench.M_VALUES), tps=[1, 2, 4, 
 #
 # * The copy bandwidth counts bytes read **and** written. A GEMM mostly reads, and HBM can read a little
 #   faster than it can copy, so a well-made kernel can land slightly *above* 100 %.
-# * The floor uses the *expected* number of experts touched, but each timed batch touches a whole number of
-#   them: at $M = 2$ it is 2, 3 or 4. With few tokens per call, a point can be lucky or unlucky by a few
-#   per cent.
+# * The curves use the *expected* number of experts touched, but each timed batch touches a whole number of
+#   them: at $M = 2$ it is 2, 3 or 4, and the time follows. So the benchmark records, for each point, the
+#   floor of the routing it actually replayed (the median over the timed replays; `experts_touched` in the
+#   file) — that is the floor every "% of floor" below uses. Runs recorded before that change (the
+#   `before_tma` and H200 files) carry the expected-experts floor: at $M \le 8$ their shares can be off by a
+#   few per cent either way.
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## 2. The roofline
@@ -468,6 +486,81 @@ viz_perf.floor_fraction({h200_label: H200, f"{H200_TUNED['gpu']}, tuned configs"
 # it at $M = 1$) and in the middle of the range, where the default keeps 64-row blocks longer. At $M = 4096$
 # the two are within a few per cent: there the heuristic's big tiles were already what the tuner picks.
 
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### The sorted layout and the copy engine (TMA)
+#
+# Past the ridge the GEMMs are compute-bound, and *how* the tiles reach shared memory starts to matter. A
+# row block's A tile is not a rectangle of memory: its rows are the tokens `sorted_token_ids[r] // top_k`,
+# scattered through `x`, and each program loads them with one pointer per row — at TP = 1 GEMM1 repeats that
+# gather for each of its $N/$`BLOCK_SIZE_N` = 112 column blocks. Hopper has a **copy engine** (the Tensor
+# Memory Accelerator, TMA) that moves a whole rectangular box of a tensor into shared memory from a single
+# instruction, given a *tensor descriptor* (base, shape, strides, box size) — boxes only, no gathered rows.
+#
+# So with `"TMA": True` in the config, `fused_experts` first copies the tokens into sorted order, once
+# (`gather_sorted_rows`: row $p$ of the copy is token `sorted_token_ids[p] // top_k`, zeros for padding).
+# Now every A tile is a box, and so was every B tile (one expert's rows of `w13` or `w2`). GEMM1 writes
+# `act` in the same sorted order, so GEMM2's A is a box too; GEMM2 scatters its rows back to flat ids for the
+# sum over $k$. The arithmetic does not change. The re-derivation on a small problem (in the interpreter
+# here): the sorted copy by hand, then the whole layer both ways.
+
+# %% slideshow={"slide_type": "-"}
+gen = torch.Generator().manual_seed(0)
+m_s, h_s, i_s, bm_s = 40, 64, 96, 16
+x_s = torch.randn(m_s, h_s, generator=gen)
+w13_s = torch.randn(E, 2 * i_s, h_s, generator=gen) * h_s**-0.5
+w2_s = torch.randn(E, h_s, i_s, generator=gen) * i_s**-0.5
+w_s, ids_s = topk_softmax(torch.randn(m_s, E, generator=gen), K)
+sorted_ids, _, total = moe_align_block_size(ids_s, bm_s, E)
+n_pad = int(total)
+is_token = sorted_ids[:n_pad] < m_s * K  # padding slots hold the sentinel M * k
+by_hand = torch.zeros(n_pad, h_s)
+by_hand[is_token] = x_s[sorted_ids[:n_pad][is_token].long() // K]  # row p = token sorted_ids[p] // k
+print(verdict("sorted copy by hand vs gather_sorted_rows", gather_sorted_rows(x_s, sorted_ids, total, K, bm_s)[:n_pad],
+              by_hand))
+cfg_s = dict(BLOCK_SIZE_M=bm_s, BLOCK_SIZE_N=32, BLOCK_SIZE_K=32, GROUP_SIZE_M=1, num_warps=4, num_stages=2)
+pointers = fused_experts(x_s, w13_s, w2_s, w_s, ids_s, config=cfg_s)
+boxes = fused_experts(x_s, w13_s, w2_s, w_s, ids_s, config=cfg_s | {"TMA": True})
+print(verdict("TMA layout vs pointer loads", boxes, pointers))
+print(verdict("TMA layout vs fp64 reference", boxes, moe_reference(x_s, w13_s, w2_s, w_s, ids_s, fp64=True)))
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# What it bought on the H100: the two recorded runs of the same kind of card, the same day. The table rows
+# from $M = 256$ on were re-tuned, with the layout as a choice from $M = 512$ on (the tuner counts the
+# copy's time; at $M = 256$ its pick of the layout did not hold up in the whole-layer benchmark, so that
+# row keeps pointer loads). Below that nothing changed, so differences there are run-to-run noise. Each run
+# is measured against its own matmul ceiling:
+
+# %% slideshow={"slide_type": "-"}
+def moe_lib_points(run: dict) -> dict:
+    return {(r["tp"], r["M"]): r for r in run["records"] if r["impl"] == "moe_lib" and r["us"] is not None}
+
+
+before_pts, after_pts = moe_lib_points(BEFORE_TMA), moe_lib_points(RUN)
+print(f"{'TP':>3} {'M':>5} {'before µs':>10} {'after µs':>9} {'speed-up':>9} {'TMA':>4} "
+      f"{'matmul share: before':>21} {'after':>6}")
+for tp in TPS:
+    for m in (256, 1024, 4096):
+        b, a = before_pts.get((tp, m)), after_pts.get((tp, m))
+        if not (b and a):
+            continue
+        flops = bench.floor_us(m, tp, CEIL)["flops"]
+        share_b = flops / b["us"] / 1e6 / BEFORE_TMA["ceilings"]["matmul_TFLOPs"]
+        share_a = flops / a["us"] / 1e6 / RUN["ceilings"]["matmul_TFLOPs"]
+        print(f"{tp:>3} {m:>5} {b['us']:>10.1f} {a['us']:>9.1f} {b['us'] / a['us']:>8.2f}x "
+              f"{'yes' if a['config'].get('TMA') else 'no':>4} {share_b:>21.0%} {share_a:>6.0%}")
+
+# %% slideshow={"slide_type": "subslide"}
+viz_perf.floor_fraction({"pointer loads (before)": BEFORE_TMA, "TMA layout": RUN}, tps=TPS)
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# The gain is largest where the gather was repeated most — at low TP, where GEMM1 has the most column
+# blocks — and at the largest batches, where the GEMMs are most of the call. The copy into sorted order is
+# not free: it is one more pass over the tokens (the `gather` column of the breakdown in section 6), which is
+# why the tuner keeps pointer loads at the smaller batches. Two more Hopper techniques were measured and *not*
+# kept (`data/bench/experiment_tma_H100.txt`): a persistent grid (one program per multiprocessor looping over
+# tiles) made GEMM1 10–35 % slower in Triton 3.6, and warp specialization on top of it gained GEMM2 at most
+# 3 %.
+
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## 6. What limits us
 
@@ -558,6 +651,7 @@ if breakdown_file.exists():
     for row in read_breakdown(breakdown_file):
         tp, m = row["tp"], row["M"]
         small = ["routing", "sum_k"] + (["align"] if m > 1 else [])  # one token: no alignment kernel
+        small += ["gather"] if row.get("gather") else []  # the copy into sorted order (TMA layout)
         g1_floor, g2_floor = gemm_floors(m, tp)
         parts = {
             "small kernels": sum(row[name] for name in small),
@@ -588,22 +682,21 @@ else:
 #
 # Past the ridge the layer is a big grouped GEMM, and the comparison is with the dense $8192^3$ matmul that
 # set the ceiling — cuBLAS at its best. The recorded run reaches the share of that ceiling printed in
-# section 2, and the $M = 4096$ rows of the breakdown above show where the rest goes: the small kernels and
-# the launch gaps are a small part of the call, the two GEMMs themselves hold most of the gap. Three things
-# keep a grouped MoE GEMM below a dense one:
+# section 2, and the $M = 4096$ rows of the breakdown above show where the rest goes. Three things keep a
+# grouped MoE layer below one dense GEMM:
 #
-# 1. **The gather of A rows.** GEMM1's A tile is not a rectangle of memory: its rows are the tokens named by
-#    `sorted_token_ids // top_k`, scattered through `x`. Each program builds a pointer per row and loads them
-#    with ordinary gathered loads. (GEMM2's A is `act` in flat-id order, scattered the same way, and each
-#    program also scatters its output rows.)
+# 1. **Passes over memory that a dense GEMM does not have.** The copy into sorted order before GEMM1 (the
+#    TMA layout of section 5) and the sum over $k$ after GEMM2 each stream the tokens' rows through HBM once
+#    more. Their cost is fixed by $M$ and $H$, not by $tp$, so it weighs most at TP = 8, where the GEMMs
+#    are shortest — read the `gather` and `sum_k` columns against the layer at $M = 4096$.
 # 2. **Tile quantization.** Every expert's rows are padded up to a multiple of `BLOCK_SIZE_M`, and the
 #    padded rows are computed and thrown away. With $n_e \sim \mathrm{Binomial}(M, k/E)$ rows for expert
-#    $e$, the expected share of wasted rows for the recorded `BLOCK_SIZE_M` is computed below.
-# 3. **No TMA, no warp specialization.** Hopper's fastest GEMMs let the *Tensor Memory Accelerator* copy
-#    rectangular tiles into shared memory by itself, while specialized warp groups only issue matrix
-#    instructions, producer and consumer overlapping almost perfectly. TMA copies boxes of a tensor, which a
-#    gathered A tile is not; our kernel has every warp both issue its loads and do its math, overlapped only
-#    by the software pipeline of `num_stages` buffers. vLLM's kernel has the same design and the same limits.
+#    $e$, the expected share of wasted rows for the recorded `BLOCK_SIZE_M` is computed below. The grid also
+#    comes in waves of one program per multiprocessor: a last, partly filled wave idles the rest of the card.
+# 3. **No warp specialization.** Hopper's fastest GEMMs give loading and math to separate warp groups, so
+#    the two overlap almost perfectly. Our kernel has every warp both issue its copies and do its math,
+#    overlapped only by the software pipeline of `num_stages` buffers; in Triton 3.6 the warp-specialized
+#    and persistent variants we measured did not beat it (section 5).
 
 # %% slideshow={"slide_type": "-"}
 def expected_padding(m: int, block_m: int) -> float:
@@ -628,8 +721,8 @@ for m in (256, 1024, m_top):
     print(f"M = {m:>4}: padded rows  " + "   ".join(parts) + f"   | share of floor by TP: {share}")
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
-# With the recorded configurations, padding costs a few per cent at the largest $M$: most of the gap to the
-# ceiling there is the gather and the missing TMA pipeline. In the middle of the range padding is a real
+# With the recorded configurations, padding costs a few per cent at the largest $M$: the rest of the gap to
+# the ceiling there is the extra passes, partly filled waves, and the un-specialized pipeline. In the middle of the range padding is a real
 # cost — each expert owns only one to a few blocks, and the last one is on average half empty. There the
 # layer is still memory-bound on paper, but its compute, padding included, is no longer small next to the
 # weight streaming, and the two must overlap inside one kernel: together with the ridge effect of
@@ -684,7 +777,7 @@ else:
 # Write `decode_floor_us(hidden, inter, top_k, tp, bandwidth_tbps)`: the weight-bandwidth floor, in µs, of
 # one token (M = 1) on one tensor-parallel rank — the bf16 weights of its `top_k` experts (each rank holds
 # an $I/tp$ slice of w1, w3 and w2) read once at `bandwidth_tbps` TB/s. Compare your TP = 8 answer with the
-# 39.8 µs that the recorded run needs.
+# roughly 40 µs that the recorded run needs.
 
 # %% slideshow={"slide_type": "-"}
 from moe_lib.exercises import check_decode_floor
@@ -711,8 +804,10 @@ check_decode_floor(decode_floor_us)
 #   vLLM's kernel and where it does not.
 # * **Tuning** pays at the extremes: narrow, deep tiles when a small batch must keep every multiprocessor
 #   reading, big tiles earlier when a large batch is compute-bound; GEMM1 and GEMM2 want different tiles.
-# * The remaining gaps have names: launches at small $M$ and high TP; the row gather, padding to
-#   `BLOCK_SIZE_M`, and the absence of TMA and warp specialization at large $M$.
+# * Copying the tokens into sorted order once lets Hopper's copy engine (TMA) fetch every tile as a box:
+#   at large $M$ that beats gathering rows by pointer in every program.
+# * The remaining gaps have names: launches at small $M$ and high TP; the extra passes over memory (the
+#   sorted copy, the sum over $k$), padding to `BLOCK_SIZE_M` and partly filled waves at large $M$.
 #
 # **Next — [07 · tensor parallel](07_tensor_parallel.ipynb):** how the $1/tp$ slices of section 1 are cut, and what the all-reduce that
 # joins them costs.

@@ -42,7 +42,7 @@ def decode_floor_us(hidden: int, inter: int, top_k: int, tp: int, bandwidth_tbps
 check_decode_floor(decode_floor_us)
 
 # %% [markdown]
-# For Mixtral at TP = 8 on the recorded H100 (2.98 TB/s) that is about 30 µs — the recorded 39.8 µs is 74 %
+# For Mixtral at TP = 8 on the recorded H100 (2.98 TB/s) that is about 30 µs — the recorded ~40 µs is 74 %
 # of it. Forgetting that a rank holds only $1/tp$ of every expert gives the TP = 1 number for every TP:
 
 # %%

@@ -223,7 +223,7 @@ def breakdown(tp: int, m: int, config: dict | None = None, repeats: int = 20) ->
     flat_w = weights.reshape(-1)
     tma = config_up.get("TMA", False) and tma_usable(w13, w2)
     if tma:  # the sorted layout, as fused_experts runs it
-        a, a_rows_div = gather_sorted_rows(x, routing[0], routing[2], k, bm), 1
+        a, a_rows_div = gather_sorted_rows(x, routing[0], routing[2], k), 1
     else:
         a, a_rows_div = x, k
     act = torch.empty(a.shape[0] if tma else m * k, n, device="cuda", dtype=torch.bfloat16)
@@ -232,7 +232,7 @@ def breakdown(tp: int, m: int, config: dict | None = None, repeats: int = 20) ->
     steps = {
         "routing": lambda: topk_softmax_triton(logits, k),
         "align": lambda: moe_align_block_size(ids, bm, e),
-        "gather": (lambda: gather_sorted_rows(x, routing[0], routing[2], k, bm)) if tma else None,
+        "gather": (lambda: gather_sorted_rows(x, routing[0], routing[2], k)) if tma else None,
         "gemm1": lambda: invoke_fused_moe_kernel(a, w13, act, flat_w, *routing, a_rows_div=a_rows_div, gated=True,
                                                  mul_routed_weight=False, config=config_up, tma=tma, c_sorted=tma),
         "gemm2": lambda: invoke_fused_moe_kernel(act, w2, partial, flat_w, *routing, a_rows_div=1, gated=False,

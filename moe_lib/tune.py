@@ -96,8 +96,8 @@ def tune_point(x, w13, w2, weights, ids, num_experts: int, top_k: int) -> tuple[
         align_us = graph_us(lambda bm=block_m: moe_align_block_size(ids, bm, num_experts))
         if tma and tma_usable(w13, w2):
             # As fused_experts does it: tokens copied into sorted order, act kept in sorted order.
-            a1 = gather_sorted_rows(x, routing[0], routing[2], top_k, block_m)
-            gather_us = graph_us(lambda r=routing, bm=block_m: gather_sorted_rows(x, r[0], r[2], top_k, bm))
+            a1 = gather_sorted_rows(x, routing[0], routing[2], top_k)
+            gather_us = graph_us(lambda r=routing: gather_sorted_rows(x, r[0], r[2], top_k))
             a, a_rows_div, mid = a1, 1, torch.empty(a1.shape[0], n, device=x.device, dtype=x.dtype)
         elif tma:
             continue

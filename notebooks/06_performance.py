@@ -515,7 +515,7 @@ n_pad = int(total)
 is_token = sorted_ids[:n_pad] < m_s * K  # padding slots hold the sentinel M * k
 by_hand = torch.zeros(n_pad, h_s)
 by_hand[is_token] = x_s[sorted_ids[:n_pad][is_token].long() // K]  # row p = token sorted_ids[p] // k
-print(verdict("sorted copy by hand vs gather_sorted_rows", gather_sorted_rows(x_s, sorted_ids, total, K, bm_s)[:n_pad],
+print(verdict("sorted copy by hand vs gather_sorted_rows", gather_sorted_rows(x_s, sorted_ids, total, K)[:n_pad],
               by_hand))
 cfg_s = dict(BLOCK_SIZE_M=bm_s, BLOCK_SIZE_N=32, BLOCK_SIZE_K=32, GROUP_SIZE_M=1, num_warps=4, num_stages=2)
 pointers = fused_experts(x_s, w13_s, w2_s, w_s, ids_s, config=cfg_s)

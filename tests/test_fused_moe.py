@@ -366,7 +366,7 @@ def test_gather_sorted_rows(M, k, block_m, gen, device, poison):
 
     x, _, _, _, ids, _ = make_problem(M, 8, 72, 16, k, gen, device=device)
     sorted_ids, _, total = moe_align_block_size(ids, block_m, 8)
-    rows = gather_sorted_rows(x, sorted_ids, total, k, block_m)
+    rows = gather_sorted_rows(x, sorted_ids, total, k)
     n = total.item()
     assert rows.shape == (sorted_ids.shape[0], 72)
     valid = sorted_ids[:n] < M * k

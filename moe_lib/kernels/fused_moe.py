@@ -200,7 +200,7 @@ def gather_rows_kernel(
     TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     """out[p] = x[sorted_token_ids[p] // TOP_K] for every sorted position p below the padded total; padding
-    positions get zeros. Positions past the padded total are never read by the GEMMs: left alone."""
+    positions get zeros. Programs wholly past the padded total return at once: the GEMMs never read there."""
     pid_m = tl.program_id(axis=0)
     pid_h = tl.program_id(axis=1)
     if pid_m * BLOCK_M >= tl.load(num_tokens_post_padded_ptr):
@@ -219,14 +219,14 @@ def gather_rows_kernel(
 
 
 def gather_sorted_rows(
-    x: torch.Tensor, sorted_token_ids: torch.Tensor, num_tokens_post_padded: torch.Tensor, top_k: int, block_m: int
+    x: torch.Tensor, sorted_token_ids: torch.Tensor, num_tokens_post_padded: torch.Tensor, top_k: int
 ) -> torch.Tensor:
     """(M, H) -> (EM, H): the tokens laid out in the alignment's order, one row per (token, slot), so that
     each BLOCK_M block is a contiguous box a tensor descriptor can fetch."""
     em, hidden = sorted_token_ids.shape[0], x.shape[1]
     out = empty(em, hidden, dtype=x.dtype, device=x.device)
     block_h = min(triton.next_power_of_2(hidden), 4096 if runtime.INTERPRET else 512)
-    rows_per_program = max(1, min(block_m, (16384 if runtime.INTERPRET else 4096) // block_h))
+    rows_per_program = max(1, (16384 if runtime.INTERPRET else 4096) // block_h)
     grid = (triton.cdiv(em, rows_per_program), triton.cdiv(hidden, block_h))
     with runtime.quiet_interpreter():
         gather_rows_kernel[grid](
@@ -502,8 +502,7 @@ def fused_experts(
         # Large M: copy the tokens into sorted order once, so every A tile is a contiguous box that the
         # copy engine fetches (a gather by pointers costs more, re-done for each column block of N).
         # act stays in sorted order (one row per sorted position) for GEMM2, which scatters to flat ids.
-        a1 = gather_sorted_rows(hidden_states, sorted_token_ids, num_tokens_post_padded, top_k,
-                                config_up["BLOCK_SIZE_M"])  # (EM, H)
+        a1 = gather_sorted_rows(hidden_states, sorted_token_ids, num_tokens_post_padded, top_k)  # (EM, H)
         act = empty(a1.shape[0], inter, dtype=hidden_states.dtype, device=hidden_states.device)
         invoke_fused_moe_kernel(a1, w13, act, *routing, a_rows_div=1, gated=True, mul_routed_weight=False,
                                 config=config_up, tma=True, c_sorted=True)

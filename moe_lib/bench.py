@@ -12,6 +12,10 @@ Peers in the same run: ``loop`` (one matmul pair per expert, like transformers),
 (``torch._grouped_mm`` over expert-sorted tokens, where this torch has it), and two ceilings: a large
 device-to-device copy (bytes read + written) and a large bf16 matmul. Results go to
 ``data/bench/<gpu name>.json``.
+
+Each point's ``floor_us`` is the larger of weight bytes / copy bandwidth and FLOPs / matmul rate, for the
+routing actually replayed: the distinct experts of each replayed logits draw, median over the timed
+replays (``experts_touched``; ``floor_expected_us`` uses the expectation for uniform routing instead).
 """
 
 from __future__ import annotations

@@ -51,6 +51,7 @@ import torch
 from moe_lib import bench, runtime, viz_perf
 from moe_lib.kernels.align import moe_align_block_size
 from moe_lib.kernels.fused_moe import (
+    CONFIG_KEYS,
     default_config,
     fused_experts,
     gather_sorted_rows,
@@ -80,7 +81,8 @@ E, K, H, I = (bench.MIXTRAL[key] for key in ("num_experts", "top_k", "hidden", "
 #   bandwidth of a large device-to-device copy and the rate of a large bf16 matmul.
 #   `before_tma_NVIDIA_H100_80GB_HBM3.json` is the same command on the same kind of card earlier the same
 #   day, before the TMA layout of section 5 existed.
-# * `NVIDIA_H200.json` — the same command on an H200, with the H200's own tuned configs, and
+# * `NVIDIA_H200.json` — the same command on an H200, with the H200's own tuned configs (TMA layout
+#   included); `before_tma_NVIDIA_H200.json` — the same before the TMA layout existed; and
 #   `default_configs_NVIDIA_H200.json` — the same command on the same kind of card *before* tuning, with the
 #   default heuristic.
 # * `vllm_reference_H100.json` — vLLM's Triton fused-MoE kernel in the same kind of whole-layer path, timed by
@@ -94,11 +96,13 @@ def load(name: str) -> dict:
 RUN = load("NVIDIA_H100_80GB_HBM3.json")  # ours, tuned configs
 BEFORE_TMA = load("before_tma_NVIDIA_H100_80GB_HBM3.json")  # ours, earlier: pointer loads everywhere
 H200 = load("default_configs_NVIDIA_H200.json")  # ours on an H200, default configs
-H200_TUNED = load("NVIDIA_H200.json")  # ours on an H200, tuned configs
+H200_TUNED = load("before_tma_NVIDIA_H200.json")  # ours on an H200, tuned configs, pointer loads
+H200_TMA = load("NVIDIA_H200.json")  # ours on an H200, tuned configs with the TMA layout
 REF = load("vllm_reference_H100.json")  # vLLM, timed by the maintainers
 
 for name, run in (("NVIDIA_H100_80GB_HBM3.json", RUN), ("before_tma_NVIDIA_H100_80GB_HBM3.json", BEFORE_TMA),
-                  ("default_configs_NVIDIA_H200.json", H200), ("NVIDIA_H200.json", H200_TUNED)):
+                  ("default_configs_NVIDIA_H200.json", H200), ("before_tma_NVIDIA_H200.json", H200_TUNED),
+                  ("NVIDIA_H200.json", H200_TMA)):
     c = run["ceilings"]
     print(f"{name}: {run['gpu']}, {run['date']}, torch {run['torch']}, triton {run['triton']}")
     print(f"  ceilings: copy {c['copy_TBps']:.2f} TB/s (read + write), bf16 matmul {c['matmul_TFLOPs']:.0f} TFLOP/s")
@@ -230,7 +234,7 @@ viz_perf.floor_vs_tokens(CEIL, token_counts=list(bench.M_VALUES), tps=[1, 2, 4, 
 #   them: at $M = 2$ it is 2, 3 or 4, and the time follows. So the benchmark records, for each point, the
 #   floor of the routing it actually replayed (the median over the timed replays; `experts_touched` in the
 #   file) — that is the floor every "% of floor" below uses. Runs recorded before that change (the
-#   `before_tma` and H200 files) carry the expected-experts floor: at $M \le 8$ their shares can be off by a
+#   `before_tma_*` and `default_configs_*` files) carry the expected-experts floor: at $M \le 8$ their shares can be off by a
 #   few per cent either way.
 
 # %% [markdown] slideshow={"slide_type": "slide"}
@@ -448,7 +452,8 @@ for tp in TPS:
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Before and after, on one kind of card
 #
-# The H200 was benchmarked twice: first with the default heuristic, later with its own tuned table. Both
+# The H200 was benchmarked first with the default heuristic, later with its own tuned table (both before
+# the TMA layout of the next subsection; the `before_tma` file). Both
 # runs measured their own ceilings (printed below), so besides the times we compare each run's **share of
 # its own floor**. The two runs were made at different moments of the project and on different machines of
 # the same kind: the kernel itself also changed in between (the decode path and the Triton sum over $k$), so
@@ -461,7 +466,8 @@ def moe_lib_share(run: dict) -> dict:
 
 
 configs_h200 = {(r["tp"], r["M"]): r["config"] for r in H200["records"] if r["impl"] == "moe_lib"}
-same = all(cfg == heuristic(m, I // tp) for (tp, m), cfg in configs_h200.items())
+same = all(all(cfg[key] == heuristic(m, I // tp)[key] for key in CONFIG_KEYS)  # the tile keys
+           for (tp, m), cfg in configs_h200.items())
 print(f"the first {H200['gpu']} run used default_config's tiles at every point: {same}")
 for label, run in (("default", H200), ("tuned", H200_TUNED)):
     print(f"{label:>8} run: copy {run['ceilings']['copy_TBps']:.2f} TB/s, matmul {run['ceilings']['matmul_TFLOPs']:.0f} "
@@ -560,6 +566,20 @@ viz_perf.floor_fraction({"pointer loads (before)": BEFORE_TMA, "TMA layout": RUN
 # kept (`data/bench/experiment_tma_H100.txt`): a persistent grid (one program per multiprocessor looping over
 # tiles) made GEMM1 10–35 % slower in Triton 3.6, and warp specialization on top of it gained GEMM2 at most
 # 3 %.
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# The H200's tables were re-tuned the same way (rows from $M = 512$ on); its two recorded runs at the largest
+# batch:
+
+# %% slideshow={"slide_type": "-"}
+h200_before, h200_after = moe_lib_points(H200_TUNED), moe_lib_points(H200_TMA)
+for tp in TPS:
+    b, a = h200_before.get((tp, m_top)), h200_after.get((tp, m_top))
+    if b and a:
+        flops = bench.floor_us(m_top, tp, CEIL)["flops"]
+        print(f"{H200_TMA['gpu']}, TP = {tp}, M = {m_top}: {b['us']:7.1f} -> {a['us']:7.1f} µs ({b['us'] / a['us']:.2f}x); "
+              f"share of the matmul ceiling {flops / b['us'] / 1e6 / H200_TUNED['ceilings']['matmul_TFLOPs']:.0%} -> "
+              f"{flops / a['us'] / 1e6 / H200_TMA['ceilings']['matmul_TFLOPs']:.0%}")
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## 6. What limits us

@@ -478,7 +478,7 @@ else:
 
 # %% slideshow={"slide_type": "-"}
 REPO = Path(moe_lib.__file__).resolve().parent.parent
-# one file per card: NVIDIA_<name>.json (the parallel_* and vllm_* files are notebook 06's and 07's)
+# one file per card: NVIDIA_<name>.json (the other files there are notebook 06's and 07's: earlier runs, peers)
 bench_files = sorted((REPO / "data" / "bench").glob("NVIDIA_*.json"))
 runs = [json.loads(path.read_text()) for path in bench_files]
 if not runs:

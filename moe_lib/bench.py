@@ -211,7 +211,14 @@ def graph_us(fn: Callable[[], object], repeats: int = 10, reps: int = 5) -> floa
 def breakdown(tp: int, m: int, config: dict | None = None, repeats: int = 20) -> dict[str, float]:
     """µs of each step of one layer call (each step alone in a CUDA graph of `repeats` launches)."""
     from .kernels.align import moe_align_block_size
-    from .kernels.fused_moe import gather_sorted_rows, invoke_fused_moe_kernel, moe_sum, split_config, tma_usable
+    from .kernels.fused_moe import (
+        fuse_k_sum,
+        gather_sorted_rows,
+        invoke_fused_moe_kernel,
+        moe_sum,
+        split_config,
+        tma_usable,
+    )
 
     gen = torch.Generator(device="cuda").manual_seed(2)
     e, k, h = MIXTRAL["num_experts"], MIXTRAL["top_k"], MIXTRAL["hidden"]
@@ -231,17 +238,20 @@ def breakdown(tp: int, m: int, config: dict | None = None, repeats: int = 20) ->
     else:
         a, a_rows_div = x, k
     act = torch.empty(a.shape[0] if tma else m * k, n, device="cuda", dtype=torch.bfloat16)
-    partial = torch.empty(m * k, h, device="cuda", dtype=torch.bfloat16)
-    out = torch.empty(m, h, device="cuda", dtype=torch.bfloat16)
+    out = torch.zeros(m, h, device="cuda", dtype=torch.bfloat16)
+    fused = fuse_k_sum(k, out.dtype)  # GEMM2 adds into the cleared output, or writes rows for a sum pass
+    partial = out if fused else torch.empty(m * k, h, device="cuda", dtype=torch.bfloat16)
     steps = {
         "routing": lambda: topk_softmax_triton(logits, k),
+        "clear": (lambda: out.zero_()) if fused else None,
         "align": lambda: moe_align_block_size(ids, bm, e),
         "gather": (lambda: gather_sorted_rows(x, routing[0], routing[2], k)) if tma else None,
         "gemm1": lambda: invoke_fused_moe_kernel(a, w13, act, flat_w, *routing, a_rows_div=a_rows_div, gated=True,
                                                  mul_routed_weight=False, config=config_up, tma=tma, c_sorted=tma),
-        "gemm2": lambda: invoke_fused_moe_kernel(act, w2, partial, flat_w, *routing, a_rows_div=1, gated=False,
+        "gemm2": lambda: invoke_fused_moe_kernel(act, w2, partial, flat_w, *routing, a_rows_div=1,
+                                                 c_rows_div=k if fused else 1, gated=False,
                                                  mul_routed_weight=True, config=config_down, tma=tma),
-        "sum_k": lambda: moe_sum(partial.view(m, k, h), out, ids, e),
+        "sum_k": None if fused else (lambda: moe_sum(partial.view(m, k, h), out, ids, e)),
         "layer": lambda: layer_moe_lib(x, w13, w2, logits, k, config),
     }
     return {name: graph_us(fn, repeats, reps=10) if fn else 0.0 for name, fn in steps.items()}
@@ -334,7 +344,7 @@ def main(argv=None) -> None:
     p.add_argument("--breakdown", action="store_true", help="time each step of the layer at each (tp, M) instead")
     a = p.parse_args(argv)
     if a.breakdown:
-        names = ("routing", "align", "gather", "gemm1", "gemm2", "sum_k", "layer")
+        names = ("routing", "clear", "align", "gather", "gemm1", "gemm2", "sum_k", "layer")
         print(f"{'tp':>3} {'M':>5}  " + "  ".join(f"{name:>8}" for name in names))
         for tp in a.tp:
             for m in a.m:

@@ -21,6 +21,7 @@ import triton.language as tl
 from . import runtime
 from ._alloc import empty
 from ._validate import FLOAT_DTYPES, check_int, check_kernel_device, check_tensor
+from .runtime import pdl_start
 
 
 def _check_routing_args(router_logits, top_k: int, renormalize: bool) -> None:
@@ -75,8 +76,10 @@ def topk_softmax_kernel(
     # Meta-parameters
     TOP_K: tl.constexpr, RENORMALIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
+    USE_PDL: tl.constexpr = False,  # programmatic dependent launch (see runtime.pdl)
 ):
     """One program routes BLOCK_M rows: load them once, softmax, pick TOP_K, renormalize, store."""
+    pdl_start(USE_PDL)
     pid_m = tl.program_id(axis=0)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,) rows
     offs_e = tl.arange(0, BLOCK_E)  # (BLOCK_E,) experts, padded to a power of two
@@ -137,6 +140,7 @@ def topk_softmax_triton(
     block_e = triton.next_power_of_2(num_experts)
     block_m = _routing_block_m(num_tokens, block_e)
     grid = (triton.cdiv(num_tokens, block_m),)
+    use_pdl = runtime.pdl(device, num_tokens * top_k)
     with runtime.quiet_interpreter():
         topk_softmax_kernel[grid](
             router_logits, topk_weights, topk_ids,
@@ -144,7 +148,7 @@ def topk_softmax_triton(
             router_logits.stride(0), router_logits.stride(1),
             TOP_K=top_k, RENORMALIZE=renormalize,
             BLOCK_M=block_m, BLOCK_E=block_e, BLOCK_K=triton.next_power_of_2(top_k),
-            num_warps=4,
+            USE_PDL=use_pdl, launch_pdl=use_pdl, num_warps=4,
         )
     return topk_weights, topk_ids
 

@@ -26,6 +26,7 @@ from .kernels.align import moe_align_block_size
 from .kernels.fused_moe import (
     CONFIG_DIR,
     config_file_name,
+    fuse_k_sum,
     gather_sorted_rows,
     invoke_fused_moe_kernel,
     load_config_table,
@@ -88,7 +89,10 @@ def tune_point(x, w13, w2, weights, ids, num_experts: int, top_k: int) -> tuple[
     m, h = x.shape
     n = w2.shape[2]
     act = torch.empty(m * top_k, n, device=x.device, dtype=x.dtype)
-    partial = torch.empty(m * top_k, h, device=x.device, dtype=x.dtype)
+    # GEMM2's output as fused_experts has it: the (M, H) output it adds into, or one row per (token, slot).
+    fused_sum = fuse_k_sum(top_k, x.dtype)
+    c2 = torch.zeros(m, h, device=x.device, dtype=x.dtype) if fused_sum else \
+        torch.empty(m * top_k, h, device=x.device, dtype=x.dtype)
     flat_w = weights.reshape(-1)
     best = None
     for block_m, tma in ((bm, t) for bm in block_m_choices(m) for t in tma_choices(m, bm)):
@@ -108,7 +112,8 @@ def tune_point(x, w13, w2, weights, ids, num_experts: int, top_k: int) -> tuple[
             a, w13, mid, flat_w, *r, a_rows_div=div, gated=True, mul_routed_weight=False, config=c,
             tma=t, c_sorted=t), candidates(m, block_m, gated=True))
         down_us, down = _best(lambda c, r=routing, mid=mid, t=tma: invoke_fused_moe_kernel(
-            mid, w2, partial, flat_w, *r, a_rows_div=1, gated=False, mul_routed_weight=True, config=c, tma=t),
+            mid, w2, c2, flat_w, *r, a_rows_div=1, c_rows_div=top_k if fused_sum else 1, gated=False,
+            mul_routed_weight=True, config=c, tma=t),
             candidates(m, block_m, gated=False))
         total = align_us + gather_us + up_us + down_us
         if best is None or total < best[0]:

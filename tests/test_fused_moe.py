@@ -300,21 +300,31 @@ def tma_config(block_m=16, **kw):
                 num_stages=2, TMA=True) | kw
 
 
-@pytest.fixture
-def gathers(monkeypatch):
-    """Counts the calls of gather_sorted_rows: proves which path fused_experts took."""
+def fused_moe_module():
     import importlib
 
-    fm = importlib.import_module("moe_lib.kernels.fused_moe")  # the module: the package exports a function so named
+    return importlib.import_module("moe_lib.kernels.fused_moe")  # the package exports a function so named
+
+
+def count_calls(monkeypatch, name: str) -> list:
+    """Replace moe_lib.kernels.fused_moe.<name> by a spy; the list it returns grows by the first argument's
+    shape at each call (it proves which path fused_experts took)."""
+    fm = fused_moe_module()
     calls = []
-    real = fm.gather_sorted_rows
+    real = getattr(fm, name)
 
     def spy(*args, **kwargs):
         calls.append(args[0].shape)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fm, "gather_sorted_rows", spy)
+    monkeypatch.setattr(fm, name, spy)
     return calls
+
+
+@pytest.fixture
+def gathers(monkeypatch):
+    """Counts the calls of gather_sorted_rows (the TMA layout)."""
+    return count_calls(monkeypatch, "gather_sorted_rows")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -402,3 +412,110 @@ def test_gpu_mixtral_tma_bf16(tp, M, gen, poison, gathers):
                   TMA=True, down=dict(BLOCK_SIZE_N=256))
     check(M, 8, 4096, 14336 // tp, 2, torch.bfloat16, gen, "cuda", config=config)
     assert len(gathers) == 1
+
+
+# ---- the sum over k inside GEMM2: atomic adds into the cleared output, where that is exact -----------
+@pytest.fixture
+def sum_passes(monkeypatch):
+    """Counts the calls of the separate sum-over-k pass (moe_sum)."""
+    return count_calls(monkeypatch, "moe_sum")
+
+
+@pytest.mark.parametrize("k,check_ids,passes", [(1, True, 0), (1, False, 0), (2, True, 0), (3, True, 1), (4, False, 1)])
+def test_k_sum_moves_into_gemm2_only_for_two_slots_or_fewer(k, check_ids, passes, gen, device, poison, sum_passes):
+    x, w13, w2, w, ids, _ = make_problem(45, 8, 64, 96, k, gen, device=device)
+    out = fused_experts(x, w13, w2, w, ids, check_ids=check_ids)
+    assert_close(out, moe_reference(x, w13, w2, w, ids, fp64=True))
+    assert len(sum_passes) == passes
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("tma", [False, True])
+def test_k_sum_in_gemm2_gives_the_bits_of_the_separate_pass(dtype, tma, gen, device, monkeypatch):
+    # Two terms added into zero round the same in either order: the same bits as the sum kernel, every time.
+    fm = fused_moe_module()
+    x, w13, w2, w, ids, _ = make_problem(77, 8, 64, 96, 2, gen, dtype, device)
+    config = tma_config(BLOCK_SIZE_M=16, TMA=tma)
+    fused = [fused_experts(x, w13, w2, w, ids, config=config) for _ in range(2)]
+    monkeypatch.setattr(fm, "FUSE_K_SUM", False)
+    separate = fused_experts(x, w13, w2, w, ids, config=config)
+    assert torch.equal(fused[0], fused[1]) and torch.equal(fused[0], separate)
+
+
+def test_k_sum_in_gemm2_with_expert_map_and_unchecked_bad_ids(gen, device, poison, sum_passes):
+    # Slots on other ranks (-1 blocks) and dropped ids add nothing: their tokens still get a cleared row.
+    M, E = 30, 8
+    x, w13, w2, w, ids, _ = make_problem(M, E, 64, 96, 2, gen, device=device)
+    ids[0] = torch.tensor([0, 1], dtype=ids.dtype)  # token 0: both slots on another rank below
+    expert_map = torch.full((E,), -1, dtype=torch.int32, device=device)
+    expert_map[4:] = torch.arange(4, dtype=torch.int32, device=device)
+    part = fused_experts(x, w13[4:], w2[4:], w, ids, expert_map=expert_map)
+    assert (part[0] == 0).all()
+    assert_close(part, moe_reference(x, w13[4:], w2[4:], w, ids, expert_map=expert_map, fp64=True))
+    bad = ids.clone()
+    bad[1] = torch.tensor([E + 3, -2], dtype=ids.dtype)  # unchecked: both slots dropped by the alignment
+    out = fused_experts(x, w13, w2, w, bad, check_ids=False)
+    assert (out[1] == 0).all() and torch.isfinite(out).all()
+    assert sum_passes == []
+
+
+# ---- a sparse last wave split into half tiles ----------------------------------------------------------
+class LaunchSpy:
+    """Wraps fused_moe_kernel and records (grid, SPLIT_TAIL, N) of every launch."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append((grid[0], kwargs["SPLIT_TAIL"], args[10]))  # args[10] = N
+            return self.kernel[grid](*args, **kwargs)
+
+        return launch
+
+
+@pytest.mark.parametrize("num_sms", [5, 7, 9, 16])
+@pytest.mark.parametrize("tma", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_split_tail(num_sms, tma, dtype, gen, device, poison, monkeypatch):
+    from moe_lib.kernels.align import moe_align_block_size
+
+    fm = fused_moe_module()
+    if device == "cuda":
+        pytest.skip("num_sms is the GPU's own there (test_gpu_split_tail)")
+    spy = LaunchSpy(fm.fused_moe_kernel)
+    monkeypatch.setattr(fm, "fused_moe_kernel", spy)
+    monkeypatch.setattr(fm, "multiprocessors", lambda device: num_sms)
+    M, E, H, I, k = 300, 4, 64, 96, 2
+    x, w13, w2, w, ids, _ = make_problem(M, E, H, I, k, gen, dtype, device)
+    out = fused_experts(x, w13, w2, w, ids, config=tma_config(64, TMA=tma))
+    assert_close(out, moe_reference(x, w13, w2, w, ids, fp64=True), tol=tolerance(dtype))
+    # Prove that half tiles ran: in some GEMM the last wave was at most half full.
+    blocks = moe_align_block_size(ids, 64, E)[2].item() // 64
+    split_seen = False
+    for _grid, split, n in spy.launches:
+        assert split  # between 1 and 24 waves of tiles: the split is compiled in
+        tiles = blocks * -(-n // 32)
+        split_seen |= tiles >= num_sms and 2 * (tiles % num_sms) <= num_sms
+    assert split_seen
+
+
+@pytest.mark.gpu
+def test_gpu_split_tail_and_pdl_keep_the_bits(gen):
+    # bf16 Mixtral TP8 at M = 4096: 7.2 waves of GEMM1 tiles, so the split runs; PDL on or off, split on or
+    # off, the layer gives the same bits.
+    from moe_lib import runtime
+
+    fm = fused_moe_module()
+    x, w13, w2, w, ids, _ = make_problem(4096, 8, 4096, 1792, 2, gen, torch.bfloat16, "cuda")
+    config = dict(BLOCK_SIZE_M=128, BLOCK_SIZE_N=128, BLOCK_SIZE_K=64, GROUP_SIZE_M=1, num_warps=8, num_stages=3,
+                  TMA=True, down=dict(BLOCK_SIZE_N=256))
+    outs = []
+    for split, pdl in ((True, True), (False, True), (True, False), (False, False)):
+        fm.SPLIT_TAIL, runtime.PDL_ENABLED, runtime.PDL_MAX_ROWS = split, pdl, 10**9
+        try:
+            outs.append(fused_experts(x, w13, w2, w, ids, config=config))
+        finally:
+            fm.SPLIT_TAIL, runtime.PDL_ENABLED, runtime.PDL_MAX_ROWS = True, True, 512
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+    assert_close(outs[0], moe_reference(x, w13, w2, w, ids), tol=tolerance(torch.bfloat16))

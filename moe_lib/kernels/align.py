@@ -26,6 +26,7 @@ import triton.language as tl
 from .. import runtime
 from .._alloc import empty
 from .._validate import INT_DTYPES, check_int, check_kernel_device, check_tensor
+from ..runtime import pdl_start
 
 
 def _check_align_args(topk_ids, block_size, num_experts, expert_map):
@@ -90,8 +91,10 @@ def align_count_kernel(
     numel,
     # Meta-parameters
     CHUNK: tl.constexpr, E_PAD: tl.constexpr,
+    USE_PDL: tl.constexpr = False,  # programmatic dependent launch (see runtime.pdl)
 ):
     """Pass 1: how many ids of each expert fall into each chunk."""
+    pdl_start(USE_PDL)
     pid = tl.program_id(axis=0)
     one_hot, _ = _one_hot(ids_ptr, pid, numel, CHUNK, E_PAD)
     tl.store(counts_ptr + pid * E_PAD + tl.arange(0, E_PAD), tl.sum(one_hot, axis=0))
@@ -106,8 +109,10 @@ def align_scan_kernel(
     num_chunks,
     # Meta-parameters
     ROWS: tl.constexpr, E_PAD: tl.constexpr,
+    USE_PDL: tl.constexpr = False,  # programmatic dependent launch (see runtime.pdl)
 ):
     """Pass 2 (one program): for each chunk and expert, the ids of that expert in earlier chunks."""
+    pdl_start(USE_PDL)
     offs_e = tl.arange(0, E_PAD)
     carry = tl.zeros((E_PAD,), dtype=tl.int32)
     for start in range(0, num_chunks, ROWS):
@@ -132,8 +137,10 @@ def align_scatter_kernel(
     # Meta-parameters
     BLOCK_SIZE: tl.constexpr, CHUNK: tl.constexpr, E_PAD: tl.constexpr,
     SINGLE_CHUNK: tl.constexpr, HAS_EXPERT_MAP: tl.constexpr, FILL: tl.constexpr,
+    USE_PDL: tl.constexpr = False,  # programmatic dependent launch (see runtime.pdl)
 ):
     """Pass 3: place every flat id of this chunk; also write the block -> expert table and padding."""
+    pdl_start(USE_PDL)
     pid = tl.program_id(axis=0)
     num_programs = tl.num_programs(axis=0)
     offs_e = tl.arange(0, E_PAD)
@@ -215,17 +222,21 @@ def moe_align_block_size(
         prefix = empty(num_chunks, e_pad, dtype=torch.int32, device=device)
         totals = empty(e_pad, dtype=torch.int32, device=device)
     emap = expert_map.to(torch.int32) if expert_map is not None else sorted_token_ids
+    use_pdl = runtime.pdl(device, numel)
     with runtime.quiet_interpreter():
         if not single:
-            align_count_kernel[(num_chunks,)](flat, counts, numel, CHUNK=chunk, E_PAD=e_pad)
+            align_count_kernel[(num_chunks,)](flat, counts, numel, CHUNK=chunk, E_PAD=e_pad,
+                                              USE_PDL=use_pdl, launch_pdl=use_pdl)
             rows = max(1, min(triton.next_power_of_2(num_chunks), 8192 // e_pad))
-            align_scan_kernel[(1,)](counts, prefix, totals, num_chunks, ROWS=rows, E_PAD=e_pad)
+            align_scan_kernel[(1,)](counts, prefix, totals, num_chunks, ROWS=rows, E_PAD=e_pad,
+                                    USE_PDL=use_pdl, launch_pdl=use_pdl)
         align_scatter_kernel[(num_chunks,)](
             flat, prefix, totals, emap,
             sorted_token_ids, expert_ids, num_tokens_post_padded,
             numel, num_experts, max_len, max_blocks,
             BLOCK_SIZE=block_size, CHUNK=chunk, E_PAD=e_pad,
             SINGLE_CHUNK=single, HAS_EXPERT_MAP=expert_map is not None, FILL=numel,
+            USE_PDL=use_pdl, launch_pdl=use_pdl,
         )
     return sorted_token_ids, expert_ids, num_tokens_post_padded
 

@@ -7,7 +7,7 @@ Flow of :func:`fused_experts` for M tokens, each routed to top_k experts::
                 -> act (M*k, I)          row = flat id t*k + j (token t, slot j)
     GEMM2       act (M*k, I) @ w2[e].T, times the routing weight
                 -> out (M*k, H)
-    sum over k  -> (M, H)
+    sum over k  -> (M, H)            for top_k <= 2 inside GEMM2: each row added into its token's row
 
 Both GEMMs are the same kernel, :func:`fused_moe_kernel`. A program computes one BLOCK_M x BLOCK_N tile of
 C for one block of sorted rows; all rows of a block share an expert, so the B tile is one slice of that
@@ -18,6 +18,10 @@ For large M a config may ask for ``"TMA"``: the tokens are first copied into sor
 (:func:`gather_sorted_rows`, one row per sorted position), so that every A tile is a contiguous box;
 then both GEMMs fetch A and B tiles through tensor descriptors (Hopper's bulk copy engine), GEMM1 writes
 ``act`` in sorted order too, and GEMM2 scatters its rows back to flat ids. Same arithmetic, same result.
+
+Tiles run in waves of one program per multiprocessor; a last wave at most half full is split into half-width
+tiles (``SPLIT_TAIL``). On Hopper one-token calls chain their kernels with programmatic dependent launch
+(:func:`moe_lib.runtime.pdl`). Neither changes a bit of the result.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from .. import runtime
 from .._alloc import empty
 from .._validate import FLOAT_DTYPES, check_kernel_device
 from ..reference import check_moe_args
+from ..runtime import pdl_start
 from .align import moe_align_block_size
 
 CONFIG_DIR = Path(__file__).with_name("configs")
@@ -44,8 +49,9 @@ CONFIG_DIR = Path(__file__).with_name("configs")
 def fused_moe_kernel(
     # Pointers to matrices: A (rows, K), B (E, N or 2N, K), C (M * top_k or EM, N)
     a_ptr, b_ptr, c_ptr,
-    # Tensor descriptors of A and B for Hopper's bulk copy engine (TMA); None unless TMA
-    a_desc, b_desc,
+    # Tensor descriptors for Hopper's bulk copy engine (TMA), None unless TMA: A, B, and B for half-width
+    # tail tiles (None unless SPLIT_TAIL)
+    a_desc, b_desc, b_half_desc,
     # Pointers to routing data: topk_weights (M * top_k,) fp32, and the alignment's three outputs
     topk_weights_ptr, sorted_token_ids_ptr, expert_ids_ptr, num_tokens_post_padded_ptr,
     # Matrix dimensions: N columns of C, K the reduction, EM = len(sorted_token_ids),
@@ -55,48 +61,95 @@ def fused_moe_kernel(
     stride_am, stride_ak,
     stride_be, stride_bn, stride_bk,
     stride_cm, stride_cn,
+    # Programs that run at once (the GPU's multiprocessors): sizes the last wave for SPLIT_TAIL
+    num_sms,
     # Meta-parameters
     A_ROWS_DIV: tl.constexpr,  # flat id -> A row: top_k when A holds tokens (GEMM1), 1 otherwise (GEMM2)
+    C_ROWS_DIV: tl.constexpr,  # flat id -> C row: 1, or top_k to add each slot's row into its token's row
     GATED: tl.constexpr,  # B rows [0, N) are the gate, [N, 2N) the up projection: C = silu(A Bg^T) * (A Bu^T)
     MUL_ROUTED_WEIGHT: tl.constexpr,  # multiply each row of C by its fp32 routing weight
     TMA: tl.constexpr,  # A's rows are already in sorted order (row = sorted position); A, B via descriptors
     C_SORTED: tl.constexpr,  # store row r of the tile at sorted position r (GEMM1 feeding a TMA GEMM2)
+    SPLIT_TAIL: tl.constexpr,  # a last wave that would leave most SMs idle runs as twice as many half tiles
     COMPUTE_FP32: tl.constexpr,  # upcast tiles to fp32 before tl.dot (the interpreter gets bf16 wrong)
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (exact), "tf32" is never chosen implicitly
     BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
     GROUP_SIZE_M: tl.constexpr,
+    USE_PDL: tl.constexpr = False,  # programmatic dependent launch (see runtime.pdl)
 ):
+    pdl_start(USE_PDL)
     # -----------------------------------------------------------
-    # Map the program id to the tile of C it computes. Programs are grouped GROUP_SIZE_M row blocks at a
-    # time so that consecutive programs reuse the same B columns from L2.
+    # The tiles: row blocks that hold tokens (the grid is sized for the worst case; the rest exit) times
+    # column blocks of N.
     pid = tl.program_id(axis=0)
-    num_pid_m = tl.cdiv(EM, BLOCK_SIZE_M)
+    num_pid_m = tl.cdiv(tl.load(num_tokens_post_padded_ptr), BLOCK_SIZE_M)
     num_pid_n = tl.cdiv(N, BLOCK_SIZE_N)
+    num_tiles = num_pid_m * num_pid_n
+    # Tiles run in waves of num_sms. When the last wave is at most half full, its tiles are split in two
+    # along N: the same work, spread over twice as many SMs, so that wave takes about half as long.
+    num_whole = num_tiles
+    if SPLIT_TAIL:
+        tail = num_tiles % num_sms
+        if (num_tiles >= num_sms) & (2 * tail <= num_sms):
+            num_whole = num_tiles - tail
+    if pid < num_whole:
+        pid_m, pid_n = grouped_tile(pid, num_pid_m, num_pid_n, GROUP_SIZE_M)
+        _moe_tile(a_ptr, b_ptr, c_ptr, a_desc, topk_weights_ptr, sorted_token_ids_ptr, expert_ids_ptr,
+                  N, K, EM, num_valid_tokens, num_experts,
+                  stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn,
+                  b_desc, pid_m, pid_n * BLOCK_SIZE_N,
+                  A_ROWS_DIV, C_ROWS_DIV, GATED, MUL_ROUTED_WEIGHT, TMA, C_SORTED, COMPUTE_FP32, DOT_PRECISION,
+                  BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K)
+    elif SPLIT_TAIL:
+        half = pid - num_whole  # programs num_whole + 2t and + 2t + 1 share tile num_whole + t
+        if half < 2 * (num_tiles - num_whole):
+            pid_m, pid_n = grouped_tile(num_whole + half // 2, num_pid_m, num_pid_n, GROUP_SIZE_M)
+            _moe_tile(a_ptr, b_ptr, c_ptr, a_desc, topk_weights_ptr, sorted_token_ids_ptr, expert_ids_ptr,
+                      N, K, EM, num_valid_tokens, num_experts,
+                      stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn,
+                      b_half_desc, pid_m, pid_n * BLOCK_SIZE_N + (half % 2) * (BLOCK_SIZE_N // 2),
+                      A_ROWS_DIV, C_ROWS_DIV, GATED, MUL_ROUTED_WEIGHT, TMA, C_SORTED, COMPUTE_FP32,
+                      DOT_PRECISION, BLOCK_SIZE_M, BLOCK_SIZE_N // 2, BLOCK_SIZE_K)
+
+
+@triton.jit
+def grouped_tile(tile, num_pid_m, num_pid_n, GROUP_SIZE_M: tl.constexpr):
+    """Tile index -> (row block, column block), GROUP_SIZE_M row blocks at a time, so that consecutive
+    programs reuse the same B columns from L2."""
     num_pid_in_group = GROUP_SIZE_M * num_pid_n
-    group_id = pid // num_pid_in_group
+    group_id = tile // num_pid_in_group
     first_pid_m = group_id * GROUP_SIZE_M
     group_size_m = min(num_pid_m - first_pid_m, GROUP_SIZE_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
+    pid_m = first_pid_m + ((tile % num_pid_in_group) % group_size_m)
+    pid_n = (tile % num_pid_in_group) // group_size_m
+    return pid_m, pid_n
 
-    # Row blocks past the padded total have nothing to do (the grid is sized for the worst case).
-    num_tokens_post_padded = tl.load(num_tokens_post_padded_ptr)
-    if pid_m * BLOCK_SIZE_M >= num_tokens_post_padded:
-        return
 
+@triton.jit
+def _moe_tile(
+    a_ptr, b_ptr, c_ptr, a_desc, topk_weights_ptr, sorted_token_ids_ptr, expert_ids_ptr,
+    N, K, EM, num_valid_tokens, num_experts,
+    stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn,
+    b_desc,  # B's descriptor with boxes of (1, BLOCK_SIZE_N, BLOCK_SIZE_K)
+    pid_m, first_col,  # the tile: row block pid_m, columns [first_col, first_col + BLOCK_SIZE_N)
+    A_ROWS_DIV: tl.constexpr, C_ROWS_DIV: tl.constexpr, GATED: tl.constexpr, MUL_ROUTED_WEIGHT: tl.constexpr,
+    TMA: tl.constexpr, C_SORTED: tl.constexpr, COMPUTE_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
+):
+    """One BLOCK_SIZE_M x BLOCK_SIZE_N tile of C (see fused_moe_kernel for the arguments)."""
     # -----------------------------------------------------------
     # The rows of this tile: flat ids (t * top_k + j); padding slots hold num_valid_tokens.
     offs_sorted = pid_m * BLOCK_SIZE_M + tl.arange(0, BLOCK_SIZE_M)
     flat_ids = tl.load(sorted_token_ids_ptr + offs_sorted, mask=offs_sorted < EM, other=num_valid_tokens)
     row_mask = flat_ids < num_valid_tokens  # (BLOCK_SIZE_M,)
     flat_ids = flat_ids.to(tl.int64)  # M * top_k * stride overflows int32 at large M
-    offs_cn = pid_n * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)
+    offs_cn = first_col + tl.arange(0, BLOCK_SIZE_N)
     col_mask = offs_cn < N
     if C_SORTED:  # padding rows too (as zeros), so that GEMM2 reads no uninitialized memory
         c_rows = offs_sorted.to(tl.int64)
         c_mask = (offs_sorted < EM)[:, None] & col_mask[None, :]
     else:
-        c_rows = flat_ids
+        c_rows = flat_ids // C_ROWS_DIV
         c_mask = row_mask[:, None] & col_mask[None, :]
     c_ptrs = c_ptr + c_rows[:, None] * stride_cm + offs_cn[None, :] * stride_cn
 
@@ -104,7 +157,8 @@ def fused_moe_kernel(
     # expert of B at all (never read out of bounds, whatever the caller passed).
     expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
     if (expert < 0) | (expert >= num_experts):
-        tl.store(c_ptrs, tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=c_ptr.dtype.element_ty), mask=c_mask)
+        if C_ROWS_DIV == 1:  # (when adding into C, zero is nothing to add)
+            tl.store(c_ptrs, tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=c_ptr.dtype.element_ty), mask=c_mask)
         return
 
     # -----------------------------------------------------------
@@ -124,7 +178,7 @@ def fused_moe_kernel(
     # TMA: the copy engine fetches whole boxes and fills zeros past the tensor's edges (the K tail, the
     # last rows of B). Gate rows past N read up rows: they only feed columns that are never stored.
     row_a = (pid_m * BLOCK_SIZE_M).to(tl.int32)
-    row_b = (pid_n * BLOCK_SIZE_N).to(tl.int32)
+    row_b = first_col.to(tl.int32)
     for k in range(0, tl.cdiv(K, BLOCK_SIZE_K)):
         k_mask = offs_k < K - k * BLOCK_SIZE_K
         if TMA:
@@ -157,7 +211,12 @@ def fused_moe_kernel(
     if MUL_ROUTED_WEIGHT:
         weight = tl.load(topk_weights_ptr + flat_ids, mask=row_mask, other=0.0).to(tl.float32)
         acc = acc * weight[:, None]
-    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
+    if C_ROWS_DIV == 1:
+        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
+    else:
+        # The sum over k, fused: each slot adds its rounded row into the zeroed token row. With two slots
+        # that is 0 + a + b = a + b whichever lands first, so the result does not depend on the order.
+        tl.atomic_add(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=c_mask, sem="relaxed")
 
 
 @triton.jit
@@ -170,9 +229,11 @@ def moe_sum_kernel(
     stride_pm, stride_pk, stride_ph, stride_om, stride_oh,
     # Meta-parameters
     TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
+    USE_PDL: tl.constexpr = False,  # programmatic dependent launch (see runtime.pdl)
 ):
     """out[t] = sum over j of partial[t, j], in fp32, slots in order (deterministic). A slot whose expert
     id is not in [0, num_experts) was never computed (alignment drops it): it counts as zero."""
+    pdl_start(USE_PDL)
     pid_m = tl.program_id(axis=0)
     pid_h = tl.program_id(axis=1)
     offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
@@ -198,9 +259,11 @@ def gather_rows_kernel(
     stride_xm, stride_xh, stride_om, stride_oh,
     # Meta-parameters
     TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
+    USE_PDL: tl.constexpr = False,  # programmatic dependent launch (see runtime.pdl)
 ):
     """out[p] = x[sorted_token_ids[p] // TOP_K] for every sorted position p below the padded total; padding
     positions get zeros. Programs wholly past the padded total return at once: the GEMMs never read there."""
+    pdl_start(USE_PDL)
     pid_m = tl.program_id(axis=0)
     pid_h = tl.program_id(axis=1)
     if pid_m * BLOCK_M >= tl.load(num_tokens_post_padded_ptr):
@@ -225,6 +288,7 @@ def gather_sorted_rows(
     each BLOCK_M block is a contiguous box a tensor descriptor can fetch."""
     em, hidden = sorted_token_ids.shape[0], x.shape[1]
     out = empty(em, hidden, dtype=x.dtype, device=x.device)
+    use_pdl = runtime.pdl(x.device, x.shape[0] * top_k)
     block_h = min(triton.next_power_of_2(hidden), 4096 if runtime.INTERPRET else 512)
     rows_per_program = max(1, (16384 if runtime.INTERPRET else 4096) // block_h)
     grid = (triton.cdiv(em, rows_per_program), triton.cdiv(hidden, block_h))
@@ -232,7 +296,8 @@ def gather_sorted_rows(
         gather_rows_kernel[grid](
             x, out, sorted_token_ids, num_tokens_post_padded, hidden, em, x.shape[0] * top_k,
             x.stride(0), x.stride(1), out.stride(0), out.stride(1),
-            TOP_K=top_k, BLOCK_M=rows_per_program, BLOCK_H=block_h, num_warps=4,
+            TOP_K=top_k, BLOCK_M=rows_per_program, BLOCK_H=block_h,
+            USE_PDL=use_pdl, launch_pdl=use_pdl, num_warps=4,
         )
     return out
 
@@ -243,6 +308,7 @@ def moe_sum(partial: torch.Tensor, out: torch.Tensor, topk_ids: torch.Tensor, nu
     num_tokens, top_k, hidden = partial.shape
     topk_ids = topk_ids.contiguous()
     # One pass over memory: ~4K values per program on a GPU, a few big programs in the interpreter.
+    use_pdl = runtime.pdl(out.device, num_tokens * top_k)
     block_h = min(triton.next_power_of_2(hidden), 8192 if runtime.INTERPRET else 1024)
     block_m = min(triton.next_power_of_2(num_tokens), max(1, (65536 if runtime.INTERPRET else 4096) // block_h))
     grid = (triton.cdiv(num_tokens, block_m), triton.cdiv(hidden, block_h))
@@ -250,7 +316,8 @@ def moe_sum(partial: torch.Tensor, out: torch.Tensor, topk_ids: torch.Tensor, nu
         moe_sum_kernel[grid](
             partial, out, topk_ids, num_tokens, hidden, num_experts,
             partial.stride(0), partial.stride(1), partial.stride(2), out.stride(0), out.stride(1),
-            TOP_K=top_k, BLOCK_M=block_m, BLOCK_H=block_h, num_warps=4,
+            TOP_K=top_k, BLOCK_M=block_m, BLOCK_H=block_h,
+            USE_PDL=use_pdl, launch_pdl=use_pdl, num_warps=4,
         )
     return out
 
@@ -358,46 +425,82 @@ def invoke_fused_moe_kernel(
     num_tokens_post_padded: torch.Tensor,
     *,
     a_rows_div: int,
+    c_rows_div: int = 1,
     gated: bool,
     mul_routed_weight: bool,
     config: dict,
     tma: bool = False,
     c_sorted: bool = False,
+    num_sms: int | None = None,
 ) -> None:
-    """Launch one grouped GEMM: C[flat id] = A[flat id // a_rows_div] @ B[expert].T (see the kernel).
-    With ``tma`` A is already in sorted order (row = sorted position, :func:`gather_sorted_rows`) and A
-    and B are read through tensor descriptors; with ``c_sorted`` C's rows are sorted positions too."""
+    """Launch one grouped GEMM: C[flat id // c_rows_div] (+)= A[flat id // a_rows_div] @ B[expert].T (see
+    the kernel). With ``tma`` A is already in sorted order (row = sorted position, :func:`gather_sorted_rows`)
+    and A and B are read through tensor descriptors; with ``c_sorted`` C's rows are sorted positions too.
+    ``num_sms``: programs that run at once, for splitting a sparse last wave (default: the GPU's
+    multiprocessors; no split in the interpreter unless given)."""
     n = c.shape[1]
     k = a.shape[1]
     em = sorted_token_ids.shape[0]
     bm, bn, bk = config["BLOCK_SIZE_M"], config["BLOCK_SIZE_N"], config["BLOCK_SIZE_K"]
-    grid = (triton.cdiv(em, bm) * triton.cdiv(n, bn),)
+    tiles = triton.cdiv(em, bm) * triton.cdiv(n, bn)  # the worst case: every row block holds tokens
+    if num_sms is None:
+        num_sms = multiprocessors(c.device)
+    # Waves of num_sms programs: big tiles (BLOCK_SIZE_M >= 64) hold a whole SM each. A split saves at most
+    # half a wave: worth it from one wave up to about 24 (measured on an H100, data/bench/). Half tiles
+    # need BLOCK_SIZE_N // 2 >= 16.
+    split_tail = (SPLIT_TAIL and num_sms is not None and bm >= 64 and bn >= 32
+                  and num_sms <= tiles <= 24 * num_sms)
+    grid = (tiles + (num_sms // 2 if split_tail else 0),)  # a split tail adds at most num_sms / 2 programs
     compute_fp32 = runtime.INTERPRET and a.dtype != torch.float32
+    use_pdl = runtime.pdl(c.device, topk_weights.shape[0])  # M * top_k rows
     a_desc = TensorDescriptor.from_tensor(a, [bm, bk]) if tma else None  # boxes of (BM, BK) rows of A
     b_desc = TensorDescriptor.from_tensor(b, [1, bn, bk]) if tma else None  # (1, BN, BK) of one expert
+    b_half_desc = TensorDescriptor.from_tensor(b, [1, bn // 2, bk]) if tma and split_tail else None
     with runtime.quiet_interpreter():
         fused_moe_kernel[grid](
             a, b, c,
-            a_desc, b_desc,
+            a_desc, b_desc, b_half_desc,
             topk_weights, sorted_token_ids, expert_ids, num_tokens_post_padded,
-            n, k, em, c.shape[0], b.shape[0],
+            n, k, em, topk_weights.shape[0], b.shape[0],  # num_valid_tokens = M * top_k
             a.stride(0), a.stride(1),
             b.stride(0), b.stride(1), b.stride(2),
             c.stride(0), c.stride(1),
+            num_sms if split_tail else 1,
             A_ROWS_DIV=a_rows_div,
+            C_ROWS_DIV=c_rows_div,
             GATED=gated,
             MUL_ROUTED_WEIGHT=mul_routed_weight,
             TMA=tma,
             C_SORTED=c_sorted,
+            SPLIT_TAIL=split_tail,
             COMPUTE_FP32=compute_fp32,
             DOT_PRECISION="ieee" if (a.dtype == torch.float32 or compute_fp32) else "tf32",
             BLOCK_SIZE_M=config["BLOCK_SIZE_M"],
             BLOCK_SIZE_N=config["BLOCK_SIZE_N"],
             BLOCK_SIZE_K=config["BLOCK_SIZE_K"],
             GROUP_SIZE_M=config["GROUP_SIZE_M"],
+            USE_PDL=use_pdl,
+            launch_pdl=use_pdl,
             num_warps=config["num_warps"],
             num_stages=config["num_stages"],
         )
+
+
+#: Split a last wave that is at most half full into half-width tiles (see fused_moe_kernel).
+SPLIT_TAIL = True
+
+
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def multiprocessors(device: torch.device) -> int | None:
+    """How many programs of a big tile run at once on this device: one per SM on a GPU. None in the
+    interpreter, which runs programs one after another (no waves to balance)."""
+    if runtime.INTERPRET or device.type != "cuda":
+        return None
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def tma_usable(*tensors: torch.Tensor) -> bool:
@@ -410,6 +513,19 @@ def tma_usable(*tensors: torch.Tensor) -> bool:
         t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(st * t.element_size() % 16 == 0 for st in t.stride()[:-1])
         for t in tensors
     )
+
+
+#: Let GEMM2 sum the k slots of each token itself where that is exact (see fuse_k_sum).
+FUSE_K_SUM = True
+
+
+def fuse_k_sum(top_k: int, dtype: torch.dtype) -> bool:
+    """Whether GEMM2 adds each slot's row straight into the (zeroed) output instead of writing (M*k, H)
+    rows for a second pass to sum. Atomic adds land in any order, and the order does not matter for two
+    terms only: 0 + a + b and 0 + b + a round the same in every float format (with three it can differ
+    in the last bit). The interpreter has no bf16 atomics: there the second pass stays. On an H100 this
+    saves the pass's read and write of (M*k, H) (and a launch): 1-2 % of the layer (data/bench/)."""
+    return FUSE_K_SUM and top_k <= 2 and not (runtime.INTERPRET and dtype == torch.bfloat16)
 
 
 _DECODE_LAYOUTS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -480,6 +596,12 @@ def fused_experts(
     out = empty(num_tokens, hidden, dtype=hidden_states.dtype, device=hidden_states.device)
     if num_tokens == 0:
         return out
+    # With one (validated) expert per token GEMM2 writes the output directly. With two, it adds each
+    # slot's row into the output, cleared first; otherwise one row per (token, slot), summed at the end.
+    direct = top_k == 1 and check_ids
+    fused_sum = not direct and fuse_k_sum(top_k, out.dtype)
+    if fused_sum:
+        out.zero_()  # first, so that the kernels after it follow each other directly (runtime.pdl)
     config_up, config_down = split_config(
         config if config is not None
         else get_config(num_tokens, num_global, inter, hidden, top_k, hidden_states.device)
@@ -492,10 +614,8 @@ def fused_experts(
         layout = moe_align_block_size(topk_ids, config_up["BLOCK_SIZE_M"], num_global, expert_map)
     sorted_token_ids, expert_ids, num_tokens_post_padded = layout
     weights = topk_weights.reshape(-1).to(torch.float32)  # (M * k,) indexed by flat id
-    # With one (validated) expert per token GEMM2 writes the output directly; otherwise one row per
-    # (token, slot), summed below.
-    direct = top_k == 1 and check_ids
-    partial = out if direct else empty(num_tokens * top_k, hidden, dtype=out.dtype, device=out.device)
+    partial = out if direct or fused_sum else empty(num_tokens * top_k, hidden, dtype=out.dtype, device=out.device)
+    c_rows_div = top_k if fused_sum else 1
     routing = (weights, sorted_token_ids, expert_ids, num_tokens_post_padded)
     row_bytes_ok = all(n * hidden_states.element_size() % 16 == 0 for n in (hidden, inter))  # a1 and act rows
     if config_up.get("TMA", False) and row_bytes_ok and tma_usable(w13, w2):
@@ -506,18 +626,18 @@ def fused_experts(
         act = empty(a1.shape[0], inter, dtype=hidden_states.dtype, device=hidden_states.device)
         invoke_fused_moe_kernel(a1, w13, act, *routing, a_rows_div=1, gated=True, mul_routed_weight=False,
                                 config=config_up, tma=True, c_sorted=True)
-        invoke_fused_moe_kernel(act, w2, partial, *routing, a_rows_div=1, gated=False, mul_routed_weight=True,
-                                config=config_down, tma=True)
+        invoke_fused_moe_kernel(act, w2, partial, *routing, a_rows_div=1, c_rows_div=c_rows_div, gated=False,
+                                mul_routed_weight=True, config=config_down, tma=True)
     else:
         act = empty(num_tokens * top_k, inter, dtype=hidden_states.dtype, device=hidden_states.device)
         # GEMM1 + SiLU-and-mul: act = silu(x @ w1[e].T) * (x @ w3[e].T), one row per (token, slot).
         invoke_fused_moe_kernel(hidden_states, w13, act, *routing,
                                 a_rows_div=top_k, gated=True, mul_routed_weight=False, config=config_up)
         # GEMM2, times the routing weight: partial = weight * act @ w2[e].T.
-        invoke_fused_moe_kernel(act, w2, partial, *routing,
-                                a_rows_div=1, gated=False, mul_routed_weight=True, config=config_down)
+        invoke_fused_moe_kernel(act, w2, partial, *routing, a_rows_div=1, c_rows_div=c_rows_div,
+                                gated=False, mul_routed_weight=True, config=config_down)
     # Sum over the k experts of each token.
-    if direct:
+    if direct or fused_sum:
         return out
     return moe_sum(partial.view(num_tokens, top_k, hidden), out, topk_ids, num_global)
 
@@ -554,6 +674,9 @@ __all__ = [
     "fused_experts",
     "fused_moe",
     "moe_sum",
+    "fuse_k_sum",
+    "multiprocessors",
+    "grouped_tile",
     "gather_sorted_rows",
     "tma_usable",
     "get_config",

@@ -59,7 +59,7 @@ from moe_lib import runtime, viz_kernels
 from moe_lib.config import TINY
 from moe_lib.gate import MoEGate
 from moe_lib.kernels.align import moe_align_block_size
-from moe_lib.kernels.fused_moe import fused_experts, fused_moe, fused_moe_kernel, invoke_fused_moe_kernel
+from moe_lib.kernels.fused_moe import grouped_tile, fused_experts, fused_moe, invoke_fused_moe_kernel
 from moe_lib.reference import moe_reference, silu_and_mul
 from moe_lib.routing import topk_softmax
 from moe_lib.testing import randn, rel_err, seeded, tolerance, verdict
@@ -224,13 +224,11 @@ print(verdict("fused_experts, w13 stored transposed vs contiguous", out_t, out_c
 # whole *wave* of programs at once (one or more per multiprocessor, 132 of them on an H100), and in
 # row-major order that wave touches a few row blocks of A and *every* column block of B. Grouping
 # `GROUP_SIZE_M` row blocks together and walking down them column by column makes the programs in flight
-# share B tiles (and A tiles) through the L2 cache. The kernel's first lines:
+# share B tiles (and A tiles) through the L2 cache. The kernel hands each program's tile index to a small
+# helper, `grouped_tile` (the number of row blocks, `num_pid_m`, counts only the blocks that hold tokens):
 
 # %% slideshow={"slide_type": "-"}
-source = inspect.getsource(fused_moe_kernel.fn).splitlines()
-first = next(i for i, line in enumerate(source) if "pid = tl.program_id" in line)
-last = next(i for i, line in enumerate(source) if line.strip().startswith("pid_n ="))
-print("\n".join(line.strip() for line in source[first:last + 1]))
+print(inspect.getsource(grouped_tile.fn))  # .fn: the Python function under the @triton.jit wrapper
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # The same mapping in Python, applied to every program id of a 10 × 6 grid:
@@ -336,6 +334,29 @@ out_steps = partial.view(M, K, H).sum(dim=1)  # (M, H)
 oracle = moe_reference(x, w13, w2, topk_weights, topk_ids, fp64=True)  # (M, H) float64
 print(verdict("align -> GEMM1 -> GEMM2 -> sum, step by step vs fused_experts", out_steps, out_contig))
 print(verdict("step by step vs moe_reference(fp64=True)", out_steps, oracle))
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### The sum inside GEMM2
+#
+# For top-2 `fused_experts` skips that last pass: it clears the output first, and GEMM2's epilogue *adds*
+# each slot's row into its token's row (`tl.atomic_add`, with `c_rows_div = top_k` mapping flat id
+# $t k + j$ to row $t$), saving a write and a read of the $(Mk, H)$ `partial`. The two slots of a token are
+# in different experts' blocks, so different programs add them, in whatever order those finish — and
+# floating-point addition depends on the order. With **two** terms it cannot show: $0 + a = a$ exactly and
+# $a + b = b + a$. With three it can, as bf16 shows with $1 + 2^{-8} + 2^{-8}$ (a tie at $1 + 2^{-8}$ rounds
+# back to $1$):
+
+# %% slideshow={"slide_type": "-"}
+a, b, c = torch.tensor([1.0, 2.0**-8, 2.0**-8], dtype=torch.bfloat16)
+zero = torch.zeros((), dtype=torch.bfloat16)
+print("two terms,   both orders:", [((zero + p) + q).item() for p, q in ((a, b), (b, a))])
+print("three terms, two orders: ", [(((zero + p) + q) + r).item() for p, q, r in ((a, b, c), (b, c, a))])
+print("fused_experts (sum in GEMM2) equals the step-by-step sum bit for bit:", torch.equal(out_contig, out_steps))
+
+# %% [markdown] slideshow={"slide_type": "-"}
+# So the fused sum is used for `top_k` ≤ 2 only; with more slots the separate pass (a fixed order) stays.
+# Where an expert lives on another rank, its slot adds nothing, and the cleared row keeps the right value.
+# (The interpreter has no bf16 atomics: there, bf16 keeps the separate pass too.)
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Why SiLU-and-mul lives in GEMM1's epilogue

@@ -29,7 +29,8 @@
 # 3. **Latency against M** for each tensor-parallel size: `moe_lib`, two peers, and vLLM's kernel.
 # 4. **Ours against vLLM**, point by point, with the share of the floor each reaches.
 # 5. **What the tuning bought** — the default heuristic's tiles against the tuned tables, and what the
-#    sorted layout read by Hopper's copy engine (TMA) bought at large $M$.
+#    sorted layout read by Hopper's copy engine (TMA) bought at large $M$, and three smaller steps: the sum
+#    over $k$ inside GEMM2, a split last wave, dependent launches.
 # 6. **What limits us** — why the remaining gap to the floor is where it is.
 #
 # No GPU is needed: the figures and tables come from benchmark runs recorded on GPUs and stored in
@@ -56,6 +57,7 @@ from moe_lib.kernels.fused_moe import (
     fused_experts,
     gather_sorted_rows,
     get_config,
+    invoke_fused_moe_kernel,
     load_config_table,
     split_config,
 )
@@ -80,7 +82,8 @@ E, K, H, I = (bench.MIXTRAL[key] for key in ("num_experts", "top_k", "hidden", "
 #   expert, the way transformers runs it) — and the card's two **ceilings**, measured in the same run: the
 #   bandwidth of a large device-to-device copy and the rate of a large bf16 matmul.
 #   `before_tma_NVIDIA_H100_80GB_HBM3.json` is the same command on the same kind of card earlier the same
-#   day, before the TMA layout of section 5 existed.
+#   day, before the TMA layout of section 5 existed; `before_ksum_NVIDIA_H100_80GB_HBM3.json` the same after
+#   it, before the three smaller steps at the end of section 5.
 # * `NVIDIA_H200.json` — the same command on an H200, with the H200's own tuned configs (TMA layout
 #   included); `before_tma_NVIDIA_H200.json` — the same before the TMA layout existed; and
 #   `default_configs_NVIDIA_H200.json` — the same command on the same kind of card *before* tuning, with the
@@ -95,12 +98,14 @@ def load(name: str) -> dict:
 
 RUN = load("NVIDIA_H100_80GB_HBM3.json")  # ours, tuned configs
 BEFORE_TMA = load("before_tma_NVIDIA_H100_80GB_HBM3.json")  # ours, earlier: pointer loads everywhere
+BEFORE_KSUM = load("before_ksum_NVIDIA_H100_80GB_HBM3.json")  # ours, TMA layout, separate sum over k
 H200 = load("default_configs_NVIDIA_H200.json")  # ours on an H200, default configs
 H200_TUNED = load("before_tma_NVIDIA_H200.json")  # ours on an H200, tuned configs, pointer loads
 H200_TMA = load("NVIDIA_H200.json")  # ours on an H200, tuned configs with the TMA layout
 REF = load("vllm_reference_H100.json")  # vLLM, timed by the maintainers
 
 for name, run in (("NVIDIA_H100_80GB_HBM3.json", RUN), ("before_tma_NVIDIA_H100_80GB_HBM3.json", BEFORE_TMA),
+                  ("before_ksum_NVIDIA_H100_80GB_HBM3.json", BEFORE_KSUM),
                   ("default_configs_NVIDIA_H200.json", H200), ("before_tma_NVIDIA_H200.json", H200_TUNED),
                   ("NVIDIA_H200.json", H200_TMA)):
     c = run["ceilings"]
@@ -530,7 +535,8 @@ print(verdict("TMA layout vs pointer loads", boxes, pointers))
 print(verdict("TMA layout vs fp64 reference", boxes, moe_reference(x_s, w13_s, w2_s, w_s, ids_s, fp64=True)))
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
-# What it bought on the H100: the two recorded runs of the same kind of card, the same day. The table rows
+# What it bought on the H100: two recorded runs of the same kind of card, the same day, just before and
+# after the layout (`before_tma` and `before_ksum`). The table rows
 # from $M = 256$ on were re-tuned, with the layout as a choice from $M = 512$ on (the tuner counts the
 # copy's time; at $M = 256$ its pick of the layout did not hold up in the whole-layer benchmark, so that
 # row keeps pointer loads). Below that nothing changed, so differences there are run-to-run noise. Each run
@@ -541,7 +547,7 @@ def moe_lib_points(run: dict) -> dict:
     return {(r["tp"], r["M"]): r for r in run["records"] if r["impl"] == "moe_lib" and r["us"] is not None}
 
 
-before_pts, after_pts = moe_lib_points(BEFORE_TMA), moe_lib_points(RUN)
+before_pts, after_pts = moe_lib_points(BEFORE_TMA), moe_lib_points(BEFORE_KSUM)
 print(f"{'TP':>3} {'M':>5} {'before µs':>10} {'after µs':>9} {'speed-up':>9} {'TMA':>4} "
       f"{'matmul share: before':>21} {'after':>6}")
 for tp in TPS:
@@ -551,12 +557,12 @@ for tp in TPS:
             continue
         flops = bench.floor_us(m, tp, CEIL)["flops"]
         share_b = flops / b["us"] / 1e6 / BEFORE_TMA["ceilings"]["matmul_TFLOPs"]
-        share_a = flops / a["us"] / 1e6 / RUN["ceilings"]["matmul_TFLOPs"]
+        share_a = flops / a["us"] / 1e6 / BEFORE_KSUM["ceilings"]["matmul_TFLOPs"]
         print(f"{tp:>3} {m:>5} {b['us']:>10.1f} {a['us']:>9.1f} {b['us'] / a['us']:>8.2f}x "
               f"{'yes' if a['config'].get('TMA') else 'no':>4} {share_b:>21.0%} {share_a:>6.0%}")
 
 # %% slideshow={"slide_type": "subslide"}
-viz_perf.floor_fraction({"pointer loads (before)": BEFORE_TMA, "TMA layout": RUN}, tps=TPS)
+viz_perf.floor_fraction({"pointer loads (before)": BEFORE_TMA, "TMA layout": BEFORE_KSUM}, tps=TPS)
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # The gain is largest where the gather was repeated most — at low TP, where GEMM1 has the most column
@@ -580,6 +586,87 @@ for tp in TPS:
         print(f"{H200_TMA['gpu']}, TP = {tp}, M = {m_top}: {b['us']:7.1f} -> {a['us']:7.1f} µs ({b['us'] / a['us']:.2f}x); "
               f"share of the matmul ceiling {flops / b['us'] / 1e6 / H200_TUNED['ceilings']['matmul_TFLOPs']:.0%} -> "
               f"{flops / a['us'] / 1e6 / H200_TMA['ceilings']['matmul_TFLOPs']:.0%}")
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Three smaller steps: the sum in GEMM2, a split last wave, dependent launches
+#
+# 1. **The sum over $k$ inside GEMM2** (notebook 05, section 6): for top-2, GEMM2 adds each slot's row into
+#    the cleared output, exact in either order. The separate pass — a write and a read of the $(Mk, H)$
+#    rows, and a launch — becomes a clear of the $(M, H)$ output.
+# 2. **A split last wave.** A big tile holds a whole multiprocessor, so the tiles of a GEMM run in *waves*
+#    of one program per multiprocessor, and a last wave that is only partly full leaves the rest of the card
+#    idle for a whole tile's time. When it is at most half full, the kernel splits each of its tiles into two
+#    half-width tiles (`BLOCK_SIZE_N / 2` columns): the same work on twice as many multiprocessors, in about
+#    half the time. How many row blocks hold tokens is known only on the GPU (`num_tokens_post_padded`), so
+#    each program makes that decision itself; the grid carries up to half a wave of spare programs. The
+#    arithmetic at TP = 8, $M = 4096$, with about $Mk/$`BLOCK_SIZE_M` row blocks plus half a block of padding
+#    per expert:
+
+# %% slideshow={"slide_type": "-"}
+def wave_time(tiles: int, sms: int, split: bool) -> float:
+    """Duration of a grid of equal tiles, in tile times: full waves, then the tail (half tiles: half a time)."""
+    tail = tiles % sms
+    if split and tiles >= sms and 2 * tail <= sms:
+        return (tiles - tail) / sms + 0.5
+    return math.ceil(tiles / sms)
+
+
+sms = 132  # an H100's multiprocessors
+cfg_up, cfg_down = split_config(next(r["config"] for r in RUN["records"]
+                                     if (r["tp"], r["M"], r["impl"]) == (8, m_top, "moe_lib")))
+blocks = round((m_top * K + E * (cfg_up["BLOCK_SIZE_M"] - 1) / 2) / cfg_up["BLOCK_SIZE_M"])
+for name, n, bn in (("GEMM1", I // 8, cfg_up["BLOCK_SIZE_N"]), ("GEMM2", H, cfg_down["BLOCK_SIZE_N"])):
+    tiles = blocks * math.ceil(n / bn)
+    whole, split = wave_time(tiles, sms, False), wave_time(tiles, sms, True)
+    print(f"{name}: {blocks} row blocks x {math.ceil(n / bn)} column blocks = {tiles} tiles = {tiles / sms:.2f} waves; "
+          f"time {whole:.0f} tile times whole, {split:.1f} split ({1 - split / whole:.0%} less)")
+
+# %% [markdown] slideshow={"slide_type": "-"}
+# The same split on the small problem above, in the interpreter: `invoke_fused_moe_kernel` takes the number of
+# multiprocessors as `num_sms` (the GPU's own by default; the interpreter has no waves and never splits unless
+# told), so a made-up card shows that the half tiles compute exactly the tiles they replace:
+
+# %% slideshow={"slide_type": "-"}
+cfg_w = dict(BLOCK_SIZE_M=64, BLOCK_SIZE_N=32, BLOCK_SIZE_K=32, GROUP_SIZE_M=1, num_warps=4, num_stages=2)
+layout64 = moe_align_block_size(ids_s, 64, E)
+routing64 = (w_s.reshape(-1), *layout64)
+tiles_s = int(layout64[2]) // 64 * math.ceil(i_s / 32)
+sms_s = next(n for n in range(2, tiles_s + 1) if 2 * (tiles_s % n) <= n and tiles_s % n)  # a tail to split
+act_whole, act_split = (torch.full((m_s * K, i_s), float("nan")) for _ in range(2))
+invoke_fused_moe_kernel(x_s, w13_s, act_whole, *routing64, a_rows_div=K, gated=True, mul_routed_weight=False,
+                        config=cfg_w)
+invoke_fused_moe_kernel(x_s, w13_s, act_split, *routing64, a_rows_div=K, gated=True, mul_routed_weight=False,
+                        config=cfg_w, num_sms=sms_s)
+print(f"{tiles_s} tiles on a card of {sms_s} multiprocessors: the last {tiles_s % sms_s} run as "
+      f"{2 * (tiles_s % sms_s)} half tiles")
+print(verdict("GEMM1 with the last wave split vs whole tiles", act_split, act_whole))
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# 3. **Programmatic dependent launch (PDL).** Hopper can launch a kernel while the one before it is still
+#    running (`launch_pdl=True`); each of our kernels begins with `runtime.pdl_start`, which lets the next one
+#    launch and then waits until the previous one has finished and its writes are visible. Nothing is read
+#    or written earlier, so results do not change; what disappears is the launch latency between kernels.
+#    It is used for one-token calls only: there it saved 1–4 % at every TP size, while at 2 to 1024 tokens
+#    it won at some sizes and lost up to 5 % at others (`data/bench/experiment_pdl_H100.txt`).
+#
+# All three give the same bits as before (checked in bf16 on the H100). What they bought, from the two
+# recorded H100 runs (different machines of the same kind: differences of a few per cent are noise —
+# `data/bench/repeat_pdl512_NVIDIA_H100_80GB_HBM3.txt` measured TP = 8, $M = 4096$ at 689 µs with the same
+# large-$M$ path, minutes before the 714 µs below):
+
+# %% slideshow={"slide_type": "-"}
+before_pts = moe_lib_points(BEFORE_KSUM)
+after_pts = moe_lib_points(RUN)
+print("µs per call, before -> after")
+print(f"{'TP':>3} " + " ".join(f"{'M = ' + str(m):>18}" for m in (1, 64, 256, 1024, 4096)))
+for tp in TPS:
+    cells = [f"{before_pts[(tp, m)]['us']:7.1f} -> {after_pts[(tp, m)]['us']:7.1f}" for m in (1, 64, 256, 1024, 4096)]
+    print(f"{tp:>3} " + " ".join(cells))
+for tp in TPS:
+    flops = bench.floor_us(m_top, tp, CEIL)["flops"]
+    print(f"TP = {tp}, M = {m_top}: share of the matmul ceiling "
+          f"{flops / before_pts[(tp, m_top)]['us'] / 1e6 / BEFORE_KSUM['ceilings']['matmul_TFLOPs']:.0%} -> "
+          f"{flops / after_pts[(tp, m_top)]['us'] / 1e6 / RUN['ceilings']['matmul_TFLOPs']:.0%}")
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## 6. What limits us
@@ -613,12 +700,12 @@ for tp in TPS:
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # ### TP = 8 decode: fixed costs
 #
-# That something is the **fixed cost of a call**. Decoding one token is four kernel launches — routing,
-# GEMM1, GEMM2, the sum over $k$ — each waiting for the one before. (The alignment kernel is skipped for a
+# That something is the **fixed cost of a call**. Decoding one token is a chain of small steps — routing,
+# clearing the output, GEMM1, GEMM2 (which also sums over $k$, section 5) — each waiting for the one before. (The alignment kernel is skipped for a
 # single token: its $k$ experts are distinct, so slot $j$ simply gets block $j$ — `decode_layout` in
 # `moe_lib.kernels.fused_moe`. Larger batches add the alignment launch.) Even inside a CUDA graph, which
 # takes the CPU out of the picture, every launch costs something: the GPU drains one kernel before it starts
-# the next, and each GEMM ramps up to full bandwidth and winds down in a tail where only a few programs are
+# the next (programmatic dependent launch, section 5, hides part of that), and each GEMM ramps up to full bandwidth and winds down in a tail where only a few programs are
 # still reading. This cost does not shrink with $tp$, while the floor does:
 
 # %% slideshow={"slide_type": "-"}
@@ -670,7 +757,8 @@ if breakdown_file.exists():
     print(f"{breakdown_file.relative_to(REPO)}: µs of each step alone (floors from {RUN['gpu']}'s ceilings)")
     for row in read_breakdown(breakdown_file):
         tp, m = row["tp"], row["M"]
-        small = ["routing", "sum_k"] + (["align"] if m > 1 else [])  # one token: no alignment kernel
+        small = ["routing"] + [name for name in ("clear", "sum_k") if row.get(name)]  # the sum: a pass or in GEMM2
+        small += ["align"] if m > 1 else []  # one token: no alignment kernel
         small += ["gather"] if row.get("gather") else []  # the copy into sorted order (TMA layout)
         g1_floor, g2_floor = gemm_floors(m, tp)
         parts = {
@@ -692,10 +780,9 @@ else:
 # ceiling (within a few per cent either way; the ceiling counts reads and writes, section 1), and the small
 # kernels are nearly all that is left. At TP = 8 the same small kernels and gaps are a large share of a short
 # call, and GEMM1 falls short of its own floor: section 5 counted its programs at $M = 1$ — fewer than the
-# card has multiprocessors — so not every multiprocessor helps stream `w13`. The levers left are fewer,
-# fuller launches: the sum over $k$ could move into GEMM2's epilogue (which needs both rows of a token in
-# one program, or atomic adds that give up the deterministic result), and the routing into GEMM1's first
-# steps.
+# card has multiprocessors — so not every multiprocessor helps stream `w13`. The sum over $k$ already went
+# into GEMM2 and the launch gaps are partly hidden (section 5); the levers left are the routing folded into
+# GEMM1's first steps, and spreading `w13` over more programs at $M = 1$.
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Large M: the matmul ceiling
@@ -706,13 +793,15 @@ else:
 # grouped MoE layer below one dense GEMM:
 #
 # 1. **Passes over memory that a dense GEMM does not have.** The copy into sorted order before GEMM1 (the
-#    TMA layout of section 5) and the sum over $k$ after GEMM2 each stream the tokens' rows through HBM once
-#    more. Their cost is fixed by $M$ and $H$, not by $tp$, so it weighs most at TP = 8, where the GEMMs
-#    are shortest — read the `gather` and `sum_k` columns against the layer at $M = 4096$.
+#    TMA layout of section 5) streams the tokens' rows through HBM once more, and clearing the output that
+#    GEMM2 adds into writes it once (the separate sum over $k$ that this replaced read and wrote three times
+#    as much). Their cost is fixed by $M$ and $H$, not by $tp$, so it weighs most at TP = 8, where the GEMMs
+#    are shortest — read the `gather` and `clear` columns against the layer at $M = 4096$.
 # 2. **Tile quantization.** Every expert's rows are padded up to a multiple of `BLOCK_SIZE_M`, and the
 #    padded rows are computed and thrown away. With $n_e \sim \mathrm{Binomial}(M, k/E)$ rows for expert
 #    $e$, the expected share of wasted rows for the recorded `BLOCK_SIZE_M` is computed below. The grid also
-#    comes in waves of one program per multiprocessor: a last, partly filled wave idles the rest of the card.
+#    comes in waves of one program per multiprocessor: a last, partly filled wave idles the rest of the card
+#    (split into half tiles when at most half full, section 5; a wave 60 % full stays as it is).
 # 3. **No warp specialization.** Hopper's fastest GEMMs give loading and math to separate warp groups, so
 #    the two overlap almost perfectly. Our kernel has every warp both issue its copies and do its math,
 #    overlapped only by the software pipeline of `num_stages` buffers; in Triton 3.6 the warp-specialized
@@ -826,8 +915,10 @@ check_decode_floor(decode_floor_us)
 #   reading, big tiles earlier when a large batch is compute-bound; GEMM1 and GEMM2 want different tiles.
 # * Copying the tokens into sorted order once lets Hopper's copy engine (TMA) fetch every tile as a box:
 #   at large $M$ that beats gathering rows by pointer in every program.
+# * A last wave at most half full can run as twice as many half tiles; a sum of two terms is the same in
+#   either order, so GEMM2 can add the two slots of a token with atomics and stay deterministic.
 # * The remaining gaps have names: launches at small $M$ and high TP; the extra passes over memory (the
-#   sorted copy, the sum over $k$), padding to `BLOCK_SIZE_M` and partly filled waves at large $M$.
+#   sorted copy, clearing the output), padding to `BLOCK_SIZE_M` and partly filled waves at large $M$.
 #
 # **Next — [07 · tensor parallel](07_tensor_parallel.ipynb):** how the $1/tp$ slices of section 1 are cut, and what the all-reduce that
 # joins them costs.

@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 
+import torch
 import triton
 
 from moe_lib import runtime
@@ -42,3 +43,19 @@ def test_triton_imported_too_early_gives_a_clear_error():
     code = "import triton.language\nimport moe_lib\n"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode != 0 and "Import moe_lib first" in out.stderr
+
+
+def test_pdl_only_compiled_on_hopper_and_for_one_token(monkeypatch):
+    # Programmatic dependent launch: never in the interpreter or off CUDA; on a GPU only from Hopper on and only
+    # for calls of at most PDL_MAX_ROWS (token, slot) rows.
+    assert not runtime.pdl(torch.device("cpu"), 1)
+    monkeypatch.setattr(runtime, "INTERPRET", False)
+    monkeypatch.setattr(runtime, "_compute_capability", lambda index: (9, 0))
+    cuda = torch.device("cuda", 0)
+    assert runtime.pdl(cuda, runtime.PDL_MAX_ROWS)
+    assert not runtime.pdl(cuda, runtime.PDL_MAX_ROWS + 1)
+    monkeypatch.setattr(runtime, "_compute_capability", lambda index: (8, 0))
+    assert not runtime.pdl(cuda, 1)
+    monkeypatch.setattr(runtime, "_compute_capability", lambda index: (9, 0))
+    monkeypatch.setattr(runtime, "PDL_ENABLED", False)
+    assert not runtime.pdl(cuda, 1)

@@ -47,7 +47,7 @@ CONFIG_DIR = Path(__file__).with_name("configs")
 
 @triton.jit
 def fused_moe_kernel(
-    # Pointers to matrices: A (rows, K), B (E, N or 2N, K), C (M * top_k or EM, N)
+    # Pointers to matrices: A (rows, K), B (E, N or 2N, K), C (M * top_k, EM or M rows, N)
     a_ptr, b_ptr, c_ptr,
     # Tensor descriptors for Hopper's bulk copy engine (TMA), None unless TMA: A, B, and B for half-width
     # tail tiles (None unless SPLIT_TAIL)
@@ -70,7 +70,7 @@ def fused_moe_kernel(
     MUL_ROUTED_WEIGHT: tl.constexpr,  # multiply each row of C by its fp32 routing weight
     TMA: tl.constexpr,  # A's rows are already in sorted order (row = sorted position); A, B via descriptors
     C_SORTED: tl.constexpr,  # store row r of the tile at sorted position r (GEMM1 feeding a TMA GEMM2)
-    SPLIT_TAIL: tl.constexpr,  # a last wave that would leave most SMs idle runs as twice as many half tiles
+    SPLIT_TAIL: tl.constexpr,  # a last wave at most half full runs as twice as many half-width tiles
     COMPUTE_FP32: tl.constexpr,  # upcast tiles to fp32 before tl.dot (the interpreter gets bf16 wrong)
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (exact), "tf32" is never chosen implicitly
     BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,

@@ -501,7 +501,7 @@ def test_split_tail(num_sms, tma, dtype, gen, device, poison, monkeypatch):
 
 
 @pytest.mark.gpu
-def test_gpu_split_tail_and_pdl_keep_the_bits(gen):
+def test_gpu_split_tail_and_pdl_keep_the_bits(gen, monkeypatch):
     # bf16 Mixtral TP8 at M = 4096: 7.2 waves of GEMM1 tiles, so the split runs; PDL on or off, split on or
     # off, the layer gives the same bits.
     from moe_lib import runtime
@@ -511,11 +511,10 @@ def test_gpu_split_tail_and_pdl_keep_the_bits(gen):
     config = dict(BLOCK_SIZE_M=128, BLOCK_SIZE_N=128, BLOCK_SIZE_K=64, GROUP_SIZE_M=1, num_warps=8, num_stages=3,
                   TMA=True, down=dict(BLOCK_SIZE_N=256))
     outs = []
+    monkeypatch.setattr(runtime, "PDL_MAX_ROWS", 10**9)
     for split, pdl in ((True, True), (False, True), (True, False), (False, False)):
-        fm.SPLIT_TAIL, runtime.PDL_ENABLED, runtime.PDL_MAX_ROWS = split, pdl, 10**9
-        try:
-            outs.append(fused_experts(x, w13, w2, w, ids, config=config))
-        finally:
-            fm.SPLIT_TAIL, runtime.PDL_ENABLED, runtime.PDL_MAX_ROWS = True, True, 512
+        monkeypatch.setattr(fm, "SPLIT_TAIL", split)
+        monkeypatch.setattr(runtime, "PDL_ENABLED", pdl)
+        outs.append(fused_experts(x, w13, w2, w, ids, config=config))
     assert all(torch.equal(outs[0], o) for o in outs[1:])
     assert_close(outs[0], moe_reference(x, w13, w2, w, ids), tol=tolerance(torch.bfloat16))

@@ -2,6 +2,7 @@
 
     python -m moe_lib.bench                      # Mixtral shapes, TP 1/2/4/8, M = 1 ... 4096, bf16
     python -m moe_lib.bench --tp 8 --m 1 64 --impl moe_lib
+    python -m moe_lib.bench --power-log clocks.csv   # also sample the SM clock and power draw (nvidia-smi)
 
 Each point: a CUDA graph of ``--calls`` layer calls (routing + alignment + GEMMs + activation + sum
 over k) captured once; before each replay a fresh batch of router logits is copied into the graph's
@@ -10,8 +11,8 @@ loop cannot be captured (its shapes depend on the routing): it is timed eagerly,
 
 Peers in the same run: ``loop`` (one matmul pair per expert, like transformers), ``grouped_mm``
 (``torch._grouped_mm`` over expert-sorted tokens, where this torch has it), and two ceilings: a large
-device-to-device copy (bytes read + written) and a large bf16 matmul. Results go to
-``data/bench/<gpu name>.json``.
+device-to-device copy (bytes read + written) and a large bf16 matmul, at the start and again at the end of
+the run (``ceilings_end``), the matmul also as a sustained rate. Results go to ``data/bench/<gpu name>.json``.
 
 Each point's ``floor_us`` is the larger of weight bytes / copy bandwidth and FLOPs / matmul rate, for the
 routing actually replayed: the distinct experts of each replayed logits draw, median over the timed
@@ -21,9 +22,14 @@ replays (``experts_touched``; ``floor_expected_us`` uses the expectation for uni
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
+import shutil
 import statistics
+import subprocess
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,8 +64,11 @@ def _time_events(fn: Callable[[], None], reps: int = 20, warmup: int = 3) -> lis
     return times
 
 
-def measure_ceilings() -> dict[str, float]:
-    """Copy bandwidth (TB/s, read + write) and bf16 matmul rate (TFLOP/s) of this card, now."""
+def measure_ceilings(sustained: bool = False) -> dict[str, float]:
+    """Copy bandwidth (TB/s, read + write) and bf16 matmul rate (TFLOP/s) of this card, now: 20 calls of
+    each (about 30 ms of matmuls). ``sustained`` adds ``matmul_sustained_TFLOPs``: the matmul timed the way the
+    layer is (a CUDA graph of 10, median of 20 replays: about 0.3 s of matmuls, long enough for a card held to
+    its power limit to lower its clocks; see notebook 06)."""
     n = 1 << 30  # 1 GiB
     src = torch.empty(n, dtype=torch.uint8, device="cuda").random_(0, 255)
     dst = torch.empty_like(src)
@@ -68,7 +77,71 @@ def measure_ceilings() -> dict[str, float]:
     a = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
     mm_us = statistics.median(_time_events(lambda: torch.mm(a, b)))
-    return {"copy_TBps": 2 * n / copy_us / 1e6, "matmul_TFLOPs": 2 * size**3 / mm_us / 1e6}
+    result = {"copy_TBps": 2 * n / copy_us / 1e6, "matmul_TFLOPs": 2 * size**3 / mm_us / 1e6}
+    if sustained:
+        result["matmul_sustained_TFLOPs"] = 2 * size**3 / graph_us(lambda: torch.mm(a, b), 10, 20) / 1e6
+    return result
+
+
+# ---- clocks and power ------------------------------------------------------------------------------
+POWER_LOG_COLUMNS = ("unix_s", "sm_clock_MHz", "power_W", "temperature_C", "throttle_reasons")
+#: nvidia-smi's throttle-reason bit for "software power cap": the card holds itself to its power limit.
+POWER_CAP_BIT = 0x4
+
+
+class PowerLog:
+    """While the ``with`` block runs, sample the GPU's SM clock, power draw, temperature and throttle reasons
+    (nvidia-smi, about every ``period`` s, from a background thread) into a CSV file with a header line:
+    the clocks a benchmark ran at, to line up with its records' ``t_s`` (see notebook 06)."""
+
+    def __init__(self, path, period: float = 0.2, gpu: int = 0):
+        self.path, self.period, self.gpu = Path(path), period, gpu
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        query = ["nvidia-smi", f"--id={self.gpu}", "--format=csv,noheader,nounits",
+                 "--query-gpu=clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active"]
+        with self.path.open("w") as f:
+            f.write(",".join(POWER_LOG_COLUMNS) + "\n")
+            while not self._stop.is_set():
+                now = time.time()
+                reply = subprocess.run(query, capture_output=True, text=True, check=False).stdout.strip()
+                if reply:
+                    f.write(f"{now:.3f}," + ",".join(v.strip() for v in reply.split(",")) + "\n")
+                    f.flush()
+                self._stop.wait(self.period)
+
+    def __enter__(self) -> PowerLog:
+        if shutil.which("nvidia-smi") is None:
+            raise SystemExit("--power-log needs nvidia-smi")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def read_power_log(path) -> dict[str, list]:
+    """A :class:`PowerLog` file as columns: ``unix_s``, ``sm_clock_MHz``, ``power_W``, ``temperature_C``
+    (floats) and ``throttle_reasons`` (ints); lines starting with ``#`` are comments."""
+    columns = {name: [] for name in POWER_LOG_COLUMNS}
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip() and not line.startswith("#")]
+    if not lines or lines[0].split(",") != list(POWER_LOG_COLUMNS):
+        raise ValueError(f"{path}: the first line must be the header {','.join(POWER_LOG_COLUMNS)}")
+    for number, line in enumerate(lines[1:], start=2):
+        values = [v.strip() for v in line.split(",")]
+        if len(values) != len(POWER_LOG_COLUMNS):
+            raise ValueError(f"{path}: line {number} has {len(values)} fields, expected {len(POWER_LOG_COLUMNS)}")
+        try:
+            for name, v in zip(POWER_LOG_COLUMNS[:-1], values, strict=False):
+                columns[name].append(float(v))
+            columns["throttle_reasons"].append(int(values[-1], 16))
+        except ValueError:
+            raise ValueError(f"{path}: line {number} is not numeric: {line!r}") from None
+    return columns
 
 
 # ---- floors ----------------------------------------------------------------------------------------
@@ -268,7 +341,8 @@ def run(tps=TP_VALUES, ms=M_VALUES, impls=IMPLS, calls=10, replays=20, out_path=
     if not runtime.HAS_CUDA:
         raise SystemExit("moe_lib.bench needs a CUDA GPU; recorded results are in data/bench/")
     gen = torch.Generator(device="cuda").manual_seed(0)
-    ceilings = measure_ceilings()
+    ceilings = measure_ceilings(sustained=True)
+    start, t0_unix = time.perf_counter(), time.time()
     name = runtime.device_name()
     result = {
         "gpu": name,
@@ -276,15 +350,17 @@ def run(tps=TP_VALUES, ms=M_VALUES, impls=IMPLS, calls=10, replays=20, out_path=
         "triton": triton.__version__,
         "date": datetime.date.today().isoformat(),
         "method": f"CUDA graph of {calls} layer calls, median of {replays} replays, fresh logits per replay; "
-        "loop: eager, CUDA events",
+        "loop: eager, CUDA events; t_s = seconds from t0_unix (the first ceilings just measured) to the point's end",
         "shape": dict(MIXTRAL, dtype="bfloat16"),
         "ceilings": ceilings,
+        "t0_unix": round(t0_unix, 2),  # when t_s = 0, to line the points up with a clock or power log
         "records": [],
         "steps": time_steps(),
     }
     if verbose:
         print(f"{name}  torch {torch.__version__}  triton {triton.__version__}")
-        print(f"ceilings: copy {ceilings['copy_TBps']:.2f} TB/s, bf16 matmul {ceilings['matmul_TFLOPs']:.0f} TFLOP/s")
+        print(f"ceilings: copy {ceilings['copy_TBps']:.2f} TB/s, bf16 matmul {ceilings['matmul_TFLOPs']:.0f} TFLOP/s "
+              f"(sustained {ceilings['matmul_sustained_TFLOPs']:.0f})")
         print("steps (8192 tokens, E=8, top-2):", {k: round(v, 1) if isinstance(v, float) else v
                                                    for k, v in result["steps"].items()})
         print(f"{'tp':>3} {'M':>5} {'impl':>11} {'us':>9} {'TFLOP/s':>8} {'w TB/s':>7} {'%floor':>7}")
@@ -318,13 +394,21 @@ def run(tps=TP_VALUES, ms=M_VALUES, impls=IMPLS, calls=10, replays=20, out_path=
                     continue
                 rec = {"tp": tp, "M": m, "impl": impl, "us": round(us, 2), "config": config,
                        "floor_us": round(fl["floor_us"], 2), "floor_expected_us": round(expected, 2),
-                       "experts_touched": statistics.median(replayed)}
+                       "experts_touched": statistics.median(replayed),
+                       "t_s": round(time.perf_counter() - start, 1)}
                 result["records"].append(rec)
                 if verbose:
                     print(f"{tp:>3} {m:>5} {impl:>11} {us:>9.1f} {fl['flops'] / us / 1e6:>8.1f} "
                           f"{fl['weight_bytes'] / us / 1e6:>7.2f} {100 * fl['floor_us'] / us:>6.0f}%")
         del w13, w2
         torch.cuda.empty_cache()
+    # The same ceilings once more, with the card as warm as the last points found it.
+    result["ceilings_end"] = measure_ceilings(sustained=True)
+    result["ceilings_end"]["t_s"] = round(time.perf_counter() - start, 1)
+    if verbose:
+        end = result["ceilings_end"]
+        print(f"ceilings at the end: copy {end['copy_TBps']:.2f} TB/s, bf16 matmul {end['matmul_TFLOPs']:.0f} "
+              f"TFLOP/s (sustained {end['matmul_sustained_TFLOPs']:.0f})")
     out_path = Path(out_path) if out_path else DATA_DIR / f"{name.replace(' ', '_')}.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=1) + "\n")
@@ -342,6 +426,7 @@ def main(argv=None) -> None:
     p.add_argument("--replays", type=int, default=20)
     p.add_argument("--out", default=None, help="JSON path (default: data/bench/<gpu name>.json)")
     p.add_argument("--breakdown", action="store_true", help="time each step of the layer at each (tp, M) instead")
+    p.add_argument("--power-log", default=None, help="CSV path: sample clocks and power during the run (nvidia-smi)")
     a = p.parse_args(argv)
     if a.breakdown:
         names = ("routing", "clear", "align", "gather", "gemm1", "gemm2", "sum_k", "layer")
@@ -351,7 +436,8 @@ def main(argv=None) -> None:
                 r = breakdown(tp, m)
                 print(f"{tp:>3} {m:>5}  " + "  ".join(f"{v:8.1f}" for v in r.values()), flush=True)
         return
-    run(a.tp, a.m, a.impl, a.calls, a.replays, a.out)
+    with PowerLog(a.power_log) if a.power_log else contextlib.nullcontext():
+        run(a.tp, a.m, a.impl, a.calls, a.replays, a.out)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ with ``gpu`` and ``records`` of ``{"tp", "M", "us"}`` (vLLM's numbers, timed els
     latency_vs_reference   µs per layer call against M, per TP: ours, the peers, the reference, the floor
     floor_fraction         % of the floor reached against M, for several runs (and the reference)
     time_above_floor       at one M: the floor and the time spent above it, per TP
+    power_trace            the SM clock and power draw through a bench run, the large-M points shaded
     tile_shapes            BLOCK_SIZE_M / N / K against M: a default heuristic against a tuned table
 """
 
@@ -28,7 +29,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator
 
 from ._validate import check_int
-from .bench import IMPLS, M_VALUES, MIXTRAL, TP_VALUES, expected_experts_touched, floor_us
+from .bench import IMPLS, M_VALUES, MIXTRAL, POWER_CAP_BIT, TP_VALUES, expected_experts_touched, floor_us
 from .kernels.fused_moe import split_config
 from .viz import GUIDE, OTHER, _check_str
 from .viz_kernels import IMPL_COLORS
@@ -510,6 +511,71 @@ def time_above_floor(
     ax.set_title(f"M = {m}: the floor and what is paid above it ({run['gpu']})", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------
+# Clocks and power
+# ----------------------------------------------------------------------------------------------------
+_LOG_KEYS = ("unix_s", "sm_clock_MHz", "power_W", "throttle_reasons")
+
+
+def _check_power_log(name: str, log) -> dict[str, np.ndarray]:
+    if not isinstance(log, Mapping):
+        raise TypeError(f"{name} must be a dict of columns (bench.read_power_log), got {type(log).__name__}")
+    missing = [key for key in _LOG_KEYS if key not in log]
+    if missing:
+        raise ValueError(f"{name} lacks {missing}")
+    cols = {}
+    for key in _LOG_KEYS:
+        values = log[key]
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or \
+                not all(_is_number(v) and math.isfinite(v) for v in values):
+            raise TypeError(f"{name}[{key!r}] must be a list of finite numbers")
+        cols[key] = np.asarray(values, dtype=np.float64)
+    lengths = {len(v) for v in cols.values()}
+    if len(lengths) != 1 or lengths.pop() < 2:
+        raise ValueError(f"{name}: the columns must have one common length of at least 2")
+    return cols
+
+
+def power_trace(run: Mapping, log: Mapping, *, impl: str = "moe_lib", mark_ms: Sequence[int] = (4096,)) -> Figure:
+    """The card's SM clock (top) and power draw (bottom) through a bench run, from a power log taken during it
+    (``bench --power-log``; samples at the power limit in red), with the timed span of each ``impl`` point at
+    the batch sizes ``mark_ms`` shaded and labelled by TP. Needs the run's ``t0_unix`` and records' ``t_s``."""
+    run = _check_run("run", run)
+    cols = _check_power_log("log", log)
+    _check_str("impl", impl)
+    mark_ms = _int_list("mark_ms", mark_ms, low=1)
+    t0 = run.get("t0_unix")
+    if not _is_number(t0):
+        raise ValueError("run['t0_unix'] must be a number (a bench run recorded with t0_unix and t_s)")
+    ends = sorted(float(rec["t_s"]) for rec in run["records"] if _is_number(rec.get("t_s")))
+    marked = [rec for rec in run["records"] if rec["impl"] == impl and rec["M"] in mark_ms and rec["us"] is not None]
+    if not marked or not all(_is_number(rec.get("t_s")) for rec in marked):
+        raise ValueError(f"mark_ms: run holds no timed {impl} record with t_s at M in {mark_ms}")
+
+    t = cols["unix_s"] - t0
+    capped = (cols["throttle_reasons"].astype(np.int64) & POWER_CAP_BIT) != 0
+    fig = Figure(figsize=(10, 4.6), layout="constrained")
+    ax_clock, ax_power = fig.subplots(2, 1, sharex=True)
+    for ax, key, label in ((ax_clock, "sm_clock_MHz", "SM clock (MHz)"), (ax_power, "power_W", "power draw (W)")):
+        ax.plot(t, cols[key], color="0.55", linewidth=1, zorder=2)
+        ax.scatter(t[capped], cols[key][capped], s=9, color="tab:red", zorder=3,
+                   label="held to the power limit" if ax is ax_clock else None)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        for rec in marked:  # the point's span: from the end of the point timed before it to its own end
+            end = float(rec["t_s"])
+            start = max([e for e in ends if e < end], default=end - 1.0)
+            ax.axvspan(start, end, color=IMPL_COLORS.get(impl, "tab:blue"), alpha=0.15, zorder=1)
+            if ax is ax_clock:
+                ax.text((start + end) / 2, 1.02, f"TP {rec['tp']}\nM {rec['M']}", transform=ax.get_xaxis_transform(),
+                        ha="center", va="bottom", fontsize=7)
+    ax_power.set_xlabel("seconds into the run (t_s)")
+    ax_clock.legend(fontsize=8, loc="lower left")
+    fig.suptitle(f"{run['gpu']}: clock and power through the bench run; shaded: {impl} at M in {mark_ms}",
+                 fontsize=10)
     return fig
 
 

@@ -15,7 +15,7 @@ import torch
 from matplotlib.figure import Figure
 
 from moe_lib import viz_perf as vp
-from moe_lib.bench import MIXTRAL, floor_us
+from moe_lib.bench import MIXTRAL, floor_us, read_power_log
 from moe_lib.kernels.fused_moe import load_config_table
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "bench"
@@ -177,6 +177,56 @@ def test_same_inputs_draw_the_same_picture(gen):
 
 
 # ----------------------------------------------------------------------------------------------------
+# Clocks and power
+# ----------------------------------------------------------------------------------------------------
+def _timed_run(gen) -> dict:
+    """A run whose records were timed one after another, one second each, from t0_unix = 1000."""
+    run = _run(gen, tps=(8,), ms=(64, 4096))
+    for i, rec in enumerate(run["records"]):
+        rec["t_s"] = float(i + 1)
+    return run | {"t0_unix": 1000.0}
+
+
+def _log(n=41, capped_from=20) -> dict:
+    """Samples every 0.1 s from t = 0 to 4 s: 1980 MHz at 300 W, then 1500 MHz at 700 W with the cap bit set."""
+    t = [1000.0 + 0.1 * i for i in range(n)]
+    capped = [i >= capped_from for i in range(n)]
+    return {"unix_s": t, "sm_clock_MHz": [1500.0 if c else 1980.0 for c in capped],
+            "power_W": [700.0 if c else 300.0 for c in capped], "temperature_C": [50.0] * n,
+            "throttle_reasons": [0x4 if c else 0 for c in capped]}
+
+
+def test_power_trace_marks_the_capped_samples_and_the_points(gen):
+    run = _timed_run(gen)
+    fig = vp.power_trace(run, _log())
+    ax_clock, ax_power = fig.axes
+    assert len(ax_clock.collections[0].get_offsets()) == 21  # samples 20..40 carry the power-cap bit
+    assert sorted(ax_power.collections[0].get_offsets()[:, 1]) == [700.0] * 21
+    assert list(ax_clock.lines[0].get_xdata()) == pytest.approx([0.1 * i for i in range(41)])
+    # moe_lib at M = 4096 is the 4th record: its span runs from t_s 3 to 4 (a Rectangle in newer matplotlib)
+    spans = [(p.get_x(), p.get_x() + p.get_width()) if hasattr(p, "get_width")
+             else (min(x for x, _ in p.get_xy()), max(x for x, _ in p.get_xy())) for p in ax_clock.patches]
+    assert spans == [pytest.approx((3.0, 4.0))]
+    assert ax_clock.texts[0].get_text() == "TP 8\nM 4096"
+    assert _png(vp.power_trace(run, _log())) == _png(vp.power_trace(run, _log()))
+
+
+def test_power_log_round_trip(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text("# a comment\nunix_s,sm_clock_MHz,power_W,temperature_C,throttle_reasons\n"
+                    "12.5,1980,120.5,40,0x0000000000000000\n13.0, 1500, 699.9, 55, 0x0000000000000004\n")
+    log = read_power_log(path)
+    assert log == {"unix_s": [12.5, 13.0], "sm_clock_MHz": [1980.0, 1500.0], "power_W": [120.5, 699.9],
+                   "temperature_C": [40.0, 55.0], "throttle_reasons": [0, 4]}
+    path.write_text("12.5,1980,120.5,40,0x0\n")
+    with pytest.raises(ValueError, match="header"):
+        read_power_log(path)
+    path.write_text("unix_s,sm_clock_MHz,power_W,temperature_C,throttle_reasons\n12.5,[N/A],120.5,40,0x0\n")
+    with pytest.raises(ValueError, match="line 2"):
+        read_power_log(path)
+
+
+# ----------------------------------------------------------------------------------------------------
 # The recorded files notebook 06 reads
 # ----------------------------------------------------------------------------------------------------
 def test_recorded_files_draw():
@@ -191,6 +241,7 @@ def test_recorded_files_draw():
     vp.floor_fraction(runs, reference=reference)
     h100 = runs["NVIDIA_H100_80GB_HBM3"]
     assert reference["gpu"] == h100["gpu"]
+    vp.power_trace(h100, read_power_log(DATA / "power_NVIDIA_H100_80GB_HBM3.csv"))
     timed = {(r["tp"], r["M"]) for r in h100["records"] if r["impl"] == "moe_lib" and r["us"]}
     assert {(r["tp"], r["M"]) for r in reference["records"]} <= timed
 
@@ -249,6 +300,13 @@ BAD = [
     (lambda: vp.tile_shapes({1: CFG}, {4: {**CFG, "BLOCK_SIZE_N": 48}}), ValueError, r"tuned\[4\]"),
     (lambda: vp.tile_shapes({1: CFG}, {4: {**CFG, "down": {"BLOCK_SIZE_M": 16}}}), ValueError, r"tuned\[4\]"),
     (lambda: vp.tile_shapes({1: CFG}, {1: CFG}, title=1), TypeError, "title"),
+    (lambda: vp.power_trace(RUN | {"t0_unix": 0.0}, [1, 2]), TypeError, "log"),
+    (lambda: vp.power_trace(RUN | {"t0_unix": 0.0}, {"unix_s": [0, 1]}), ValueError, "log lacks"),
+    (lambda: vp.power_trace(RUN | {"t0_unix": 0.0}, _log() | {"power_W": [1.0]}), ValueError, "common length"),
+    (lambda: vp.power_trace(RUN | {"t0_unix": 0.0}, _log() | {"power_W": "700"}), TypeError, r"log\['power_W'\]"),
+    (lambda: vp.power_trace(RUN, _log()), ValueError, "t0_unix"),
+    (lambda: vp.power_trace(RUN | {"t0_unix": 0.0}, _log()), ValueError, "mark_ms"),
+    (lambda: vp.power_trace(RUN | {"t0_unix": 0.0}, _log(), mark_ms=[0]), ValueError, r"mark_ms\[0\]"),
 ]
 
 
@@ -256,3 +314,32 @@ BAD = [
 def test_bad_input_names_the_argument(call, exc, name):
     with pytest.raises(exc, match=name):
         call()
+
+
+# ---- the GPU tools behind the recorded files (run on the device machine) ------------------------------
+@pytest.mark.gpu
+def test_gpu_breakdown_times_every_step_of_the_layer():
+    from moe_lib import bench
+
+    steps = bench.breakdown(8, 600, repeats=2)  # M = 600: the sorted (TMA) layout and the sum inside GEMM2
+    assert list(steps) == ["routing", "clear", "align", "gather", "gemm1", "gemm2", "sum_k", "layer"]
+    assert steps["sum_k"] == 0.0  # GEMM2 sums over k, into the cleared output
+    assert all(steps[name] > 0 for name in ("routing", "clear", "align", "gather", "gemm1", "gemm2", "layer"))
+
+
+@pytest.mark.gpu
+def test_gpu_tune_point_returns_a_valid_config(monkeypatch):
+    from moe_lib import tune
+    from moe_lib.kernels.fused_moe import split_config
+    from moe_lib.routing import topk_softmax_triton
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    w13, w2 = tune.make_weights(8, gen)
+    x = torch.randn(600, 4096, device="cuda", dtype=torch.bfloat16, generator=gen)
+    weights, ids = topk_softmax_triton(torch.randn(600, 8, device="cuda", dtype=torch.bfloat16, generator=gen), 2)
+    real = tune.candidates
+    monkeypatch.setattr(tune, "block_m_choices", lambda m: (64,))
+    monkeypatch.setattr(tune, "candidates", lambda m, bm, gated: real(m, bm, gated)[:1])  # one config per GEMM
+    us, config = tune.tune_point(x, w13, w2, weights, ids, 8, 2)
+    up, down = split_config(config)
+    assert us > 0 and up["BLOCK_SIZE_M"] == down["BLOCK_SIZE_M"] == 64

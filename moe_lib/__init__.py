@@ -9,7 +9,7 @@ from .config import MIXTRAL_8X7B, TINY, MoEConfig
 from .gate import MoEGate
 from .layer import MixtralMoE
 from .reference import moe_reference, silu_and_mul
-from .routing import topk_softmax, topk_softmax_triton
+from .kernels.routing import topk_softmax, topk_softmax_triton
 from .testing import assert_close, rel_err, verdict
 
 __version__ = "0.1.0"

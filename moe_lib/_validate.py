@@ -61,9 +61,11 @@ def value_range(t: torch.Tensor) -> tuple[int, int]:
 
 
 def check_routing(
-    topk_weights: torch.Tensor, topk_ids: torch.Tensor, num_tokens: int, num_experts: int, device: torch.device
+    topk_weights: torch.Tensor, topk_ids: torch.Tensor, num_tokens: int, num_experts: int, device: torch.device,
+    *, check_ids: bool = True,
 ) -> int:
-    """The (M, top_k) pair that routing produces; returns top_k. Ids must lie in [0, num_experts)."""
+    """The (M, top_k) pair that routing produces; returns top_k. Ids must lie in [0, num_experts) (checked on
+    the host unless ``check_ids`` is False)."""
     check_tensor("topk_weights", topk_weights, ndim=2, dtypes=(torch.float32,) + FLOAT_DTYPES[1:], device=device)
     check_tensor("topk_ids", topk_ids, ndim=2, dtypes=INT_DTYPES, device=device)
     if topk_weights.shape != topk_ids.shape:
@@ -71,11 +73,53 @@ def check_routing(
             f"topk_weights {tuple(topk_weights.shape)} and topk_ids {tuple(topk_ids.shape)} must have the same shape"
         )
     check_dim("topk_ids", topk_ids, 0, num_tokens, "the number of tokens in hidden_states")
-    if topk_ids.numel():
+    if check_ids and topk_ids.numel():
         lo, hi = value_range(topk_ids)
         if lo < 0 or hi >= num_experts:
             raise ValueError(f"topk_ids must lie in [0, {num_experts}) (num_experts), got values in [{lo}, {hi}]")
     return topk_ids.shape[1]
+
+
+def check_moe_args(
+    hidden_states: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    expert_map: torch.Tensor | None = None,
+    *,
+    dtypes=FLOAT_DTYPES,
+    check_ids: bool = True,
+) -> tuple[int, int, int, int, int]:
+    """Validate an expert computation's inputs; returns (M, H, I, E_local, top_k). ``check_ids=False`` skips
+    only the value ranges of topk_ids and expert_map (the one check that syncs with the device)."""
+    if not isinstance(check_ids, bool):
+        raise TypeError(f"check_ids must be a bool, got {type(check_ids).__name__}")
+    check_tensor("hidden_states", hidden_states, ndim=2, dtypes=dtypes)
+    device = hidden_states.device
+    check_tensor("w13", w13, ndim=3, dtypes=dtypes, device=device)
+    check_tensor("w2", w2, ndim=3, dtypes=dtypes, device=device)
+    num_tokens, hidden = hidden_states.shape
+    num_local, two_i, _ = w13.shape
+    check_dim("w13", w13, 2, hidden, "hidden_size (hidden_states.shape[1])")
+    if two_i % 2:
+        raise ValueError(f"w13 must have an even dim 1 (2 * intermediate_size), got shape {tuple(w13.shape)}")
+    inter = two_i // 2
+    check_dim("w2", w2, 0, num_local, "the number of experts in w13")
+    check_dim("w2", w2, 1, hidden, "hidden_size (hidden_states.shape[1])")
+    check_dim("w2", w2, 2, inter, "intermediate_size (w13.shape[1] // 2)")
+    num_global = num_local
+    if expert_map is not None:
+        check_tensor("expert_map", expert_map, ndim=1, dtypes=INT_DTYPES, device=device)
+        num_global = expert_map.shape[0]
+        if check_ids and expert_map.numel():
+            lo, hi = value_range(expert_map)
+            if lo < -1 or hi >= num_local:
+                raise ValueError(
+                    f"expert_map must map to -1 or a local expert id in [0, {num_local}), got values in [{lo}, {hi}]"
+                )
+    top_k = check_routing(topk_weights, topk_ids, num_tokens, num_global, device, check_ids=check_ids)
+    return num_tokens, hidden, inter, num_local, top_k
 
 
 def check_kernel_device(name: str, t: torch.Tensor) -> None:

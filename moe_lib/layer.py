@@ -31,9 +31,9 @@ from torch import nn
 
 from ._validate import FLOAT_DTYPES, check_int, check_tensor
 from .gate import INITIALIZER_RANGE, MoEGate
-from .kernels.fused_moe import fused_experts
+from .kernels.experts import fused_experts
+from .kernels.routing import topk_softmax_triton
 from .parallel.shard import shard_w2, shard_w13
-from .routing import topk_softmax_triton
 
 # ----------------------------------------------------------------------------------------------------
 # Hugging Face names

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._validate import FLOAT_DTYPES, INT_DTYPES, check_dim, check_routing, check_tensor, value_range
+from ._validate import FLOAT_DTYPES, check_moe_args
 
 
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
@@ -21,44 +21,6 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"gate_up must have an even last dim, got shape {tuple(gate_up.shape)}")
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
-
-
-def check_moe_args(
-    hidden_states: torch.Tensor,
-    w13: torch.Tensor,
-    w2: torch.Tensor,
-    topk_weights: torch.Tensor,
-    topk_ids: torch.Tensor,
-    expert_map: torch.Tensor | None = None,
-    *,
-    dtypes=FLOAT_DTYPES,
-) -> tuple[int, int, int, int, int]:
-    """Validate an expert computation's inputs; returns (M, H, I, E_local, top_k)."""
-    check_tensor("hidden_states", hidden_states, ndim=2, dtypes=dtypes)
-    device = hidden_states.device
-    check_tensor("w13", w13, ndim=3, dtypes=dtypes, device=device)
-    check_tensor("w2", w2, ndim=3, dtypes=dtypes, device=device)
-    num_tokens, hidden = hidden_states.shape
-    num_local, two_i, _ = w13.shape
-    check_dim("w13", w13, 2, hidden, "hidden_size (hidden_states.shape[1])")
-    if two_i % 2:
-        raise ValueError(f"w13 must have an even dim 1 (2 * intermediate_size), got shape {tuple(w13.shape)}")
-    inter = two_i // 2
-    check_dim("w2", w2, 0, num_local, "the number of experts in w13")
-    check_dim("w2", w2, 1, hidden, "hidden_size (hidden_states.shape[1])")
-    check_dim("w2", w2, 2, inter, "intermediate_size (w13.shape[1] // 2)")
-    num_global = num_local
-    if expert_map is not None:
-        check_tensor("expert_map", expert_map, ndim=1, dtypes=INT_DTYPES, device=device)
-        num_global = expert_map.shape[0]
-        if expert_map.numel():
-            lo, hi = value_range(expert_map)
-            if lo < -1 or hi >= num_local:
-                raise ValueError(
-                    f"expert_map must map to -1 or a local expert id in [0, {num_local}), got values in [{lo}, {hi}]"
-                )
-    top_k = check_routing(topk_weights, topk_ids, num_tokens, num_global, device)
-    return num_tokens, hidden, inter, num_local, top_k
 
 
 def moe_reference(

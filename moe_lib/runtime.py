@@ -12,6 +12,7 @@ import functools
 import os
 import platform
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -48,27 +49,55 @@ if INTERPRET:
 import triton  # noqa: E402  (after the environment variable on purpose)
 import triton.language as tl  # noqa: E402
 
-#: Programmatic dependent launch on Hopper and newer GPUs (a switch for experiments; see :func:`pdl`).
-PDL_ENABLED: bool = True
-#: ... for calls of at most this many (token, slot) rows: one token of top-2, the decode step. Measured on an
-#: H100 it saves 1-4 % of a one-token layer call at every TP size; at 2 to 1024 tokens it won at some TP
-#: sizes and lost up to 5 % at others (data/bench/experiment_pdl_H100.txt).
+#: Programmatic dependent launch is used by default for calls of at most this many (token, slot) rows: one
+#: token of top-2, the decode step. Measured on an H100 it saves 1-4 % of a one-token layer call at every TP
+#: size; at 2 to 1024 tokens it won at some TP sizes and lost up to 5 % at others (data/bench/history/).
 PDL_MAX_ROWS: int = 2
 
 
+@dataclass(frozen=True)
+class Target:
+    """What a plan needs to know about where kernels run, read once per device and cached (so that
+    ``torch.compile`` never meets a device query inside a traced call).
+
+    ``interpret``: the Triton interpreter on the CPU; ``name``: the GPU's name (tuned tables are per name);
+    ``num_sms``: programs of a big tile that run at once (None in the interpreter: no waves);
+    ``capability``: CUDA compute capability, (0, 0) in the interpreter."""
+
+    interpret: bool
+    name: str = "cpu"
+    num_sms: int | None = None
+    capability: tuple[int, int] = (0, 0)
+
+    @property
+    def hopper(self) -> bool:
+        """Hopper or newer, compiled: tensor descriptors (TMA) and programmatic dependent launch."""
+        return not self.interpret and self.capability[0] >= 9
+
+
+INTERPRETER = Target(interpret=True)
+
+
 @functools.cache
-def _compute_capability(index: int) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(index)
+def _cuda_target(index: int) -> Target:
+    props = torch.cuda.get_device_properties(index)
+    return Target(interpret=False, name=props.name, num_sms=props.multi_processor_count,
+                  capability=(props.major, props.minor))
+
+
+def target(device: torch.device) -> Target:
+    """The :class:`Target` of a tensor's device: the interpreter, or the compiled GPU (cached per GPU)."""
+    if INTERPRET or device.type != "cuda":
+        return INTERPRETER
+    return _cuda_target(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def pdl(device: torch.device, rows: int) -> bool:
-    """Whether a kernel of a call with ``rows`` (token, slot) pairs uses programmatic dependent launch on
-    ``device``: compiled, on a Hopper or newer GPU, a small call. The GPU then launches a kernel while the
-    one before it finishes; each kernel waits (:func:`pdl_start`) until its predecessor is done before
-    touching memory, so results are unchanged: only the launch latency between kernels is hidden."""
-    if not PDL_ENABLED or INTERPRET or device.type != "cuda" or rows > PDL_MAX_ROWS:
-        return False
-    return _compute_capability(device.index if device.index is not None else torch.cuda.current_device())[0] >= 9
+    """The default: whether a kernel of a call with ``rows`` (token, slot) pairs uses programmatic dependent
+    launch on ``device`` — compiled, on a Hopper or newer GPU, a small call. The GPU then launches a kernel
+    while the one before it finishes; each kernel waits (:func:`pdl_start`) until its predecessor is done
+    before touching memory, so results are unchanged: only the launch latency between kernels is hidden."""
+    return rows <= PDL_MAX_ROWS and target(device).hopper
 
 
 @triton.jit
@@ -129,6 +158,9 @@ __all__ = [
     "HAS_CUDA",
     "INTERPRET",
     "quiet_interpreter",
+    "PDL_MAX_ROWS",
+    "Target",
+    "target",
     "pdl",
     "pdl_start",
     "default_device",

@@ -35,7 +35,8 @@
 import torch
 
 import moe_lib
-from moe_lib import runtime, viz
+from moe_lib import runtime
+from moe_lib.teach import viz
 from moe_lib.config import MIXTRAL_8X7B, MIXTRAL_8X7B_LAYERS, TINY
 from moe_lib.testing import randn, seeded
 

@@ -40,10 +40,10 @@ import torch
 from transformers import MixtralConfig
 from transformers.models.mixtral.modeling_mixtral import MixtralTopKRouter
 
-from moe_lib import viz
+from moe_lib.teach import viz
 from moe_lib.config import MIXTRAL_8X7B, TINY
 from moe_lib.gate import INITIALIZER_RANGE, MoEGate
-from moe_lib.routing import topk_softmax
+from moe_lib.kernels.routing import topk_softmax
 from moe_lib.testing import randn, seeded, tolerance, verdict
 
 # %% [markdown] slideshow={"slide_type": "slide"}
@@ -215,7 +215,7 @@ print(verdict("topk_softmax vs HF router weights", weights, hf_scores),
 # [solutions/01_gate_solutions.ipynb](solutions/01_gate_solutions.ipynb).
 
 # %% slideshow={"slide_type": "-"}
-from moe_lib.exercises import check_gate_logits, check_logit_std
+from moe_lib.teach.exercises import check_gate_logits, check_logit_std
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Exercise 1 — the gate, by hand

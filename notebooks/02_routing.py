@@ -42,10 +42,11 @@ from ipywidgets import IntSlider, Output, VBox, interactive
 from transformers import MixtralConfig
 from transformers.models.mixtral.modeling_mixtral import MixtralTopKRouter
 
-from moe_lib import runtime, viz
+from moe_lib import runtime
+from moe_lib.teach import viz
 from moe_lib.config import TINY
 from moe_lib.gate import MoEGate
-from moe_lib.routing import softmax_fp32, topk_softmax, topk_softmax_kernel, topk_softmax_triton
+from moe_lib.kernels.routing import softmax_fp32, topk_softmax, topk_softmax_kernel, topk_softmax_triton
 from moe_lib.testing import randn, seeded, verdict
 
 torch.set_printoptions(precision=4, sci_mode=False)
@@ -99,7 +100,7 @@ print("routing weights:\n", weights)
 print("row sums:", [f"{s:.4f}" for s in weights.sum(dim=-1).tolist()])
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
-# Now the library, `moe_lib.routing.topk_softmax`. The expert ids must agree **exactly** — a different id
+# Now the library, `moe_lib.kernels.routing.topk_softmax`. The expert ids must agree **exactly** — a different id
 # means a token computed by a different expert — and the weights to within fp32 rounding:
 
 # %% slideshow={"slide_type": "-"}
@@ -328,7 +329,7 @@ VBox([controls, figure_area])
 # ## 7. The Triton kernel
 #
 # `topk_softmax` above is a sequence of torch operations, each reading and writing an $(M, E)$ tensor in
-# memory. `moe_lib.routing.topk_softmax_triton` does the whole routing **in one kernel**: each row's
+# memory. `moe_lib.kernels.routing.topk_softmax_triton` does the whole routing **in one kernel**: each row's
 # logits are read once, and everything else happens in registers. Here is its source:
 
 # %% slideshow={"slide_type": "-"}
@@ -431,7 +432,7 @@ print(verdict("MoEGate + topk_softmax_triton vs HF MixtralTopKRouter", w_t.cpu()
 # [solutions/02_routing_solutions.ipynb](solutions/02_routing_solutions.ipynb).
 
 # %% slideshow={"slide_type": "-"}
-from moe_lib.exercises import check_renormalize, check_topk_ids
+from moe_lib.teach.exercises import check_renormalize, check_topk_ids
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Exercise 1 — the renormalization

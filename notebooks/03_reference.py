@@ -40,11 +40,11 @@ import torch.nn.functional as F
 from transformers import MixtralConfig
 from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 
-from moe_lib import viz
+from moe_lib.teach import viz
 from moe_lib.config import MIXTRAL_8X7B, TINY
 from moe_lib.gate import MoEGate
 from moe_lib.reference import moe_reference, silu_and_mul
-from moe_lib.routing import topk_softmax
+from moe_lib.kernels.routing import topk_softmax
 from moe_lib.testing import randn, seeded, tolerance, verdict
 
 torch.set_printoptions(precision=4, sci_mode=False)
@@ -331,7 +331,7 @@ viz.weight_traffic(m, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096],
 # [solutions/03_reference_solutions.ipynb](solutions/03_reference_solutions.ipynb).
 
 # %% slideshow={"slide_type": "-"}
-from moe_lib.exercises import check_moe_forward, check_silu_and_mul
+from moe_lib.teach.exercises import check_moe_forward, check_silu_and_mul
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Exercise 1 — SiLU-and-mul

@@ -50,7 +50,8 @@ import torch
 import triton
 from ipywidgets import Dropdown, IntSlider, Output, VBox, interactive
 
-from moe_lib import runtime, viz_kernels
+from moe_lib import runtime
+from moe_lib.teach import viz
 from moe_lib.config import TINY
 from moe_lib.kernels.align import (
     align_count_kernel,
@@ -60,7 +61,7 @@ from moe_lib.kernels.align import (
     moe_align_block_size,
     moe_align_block_size_torch,
 )
-from moe_lib.routing import topk_softmax
+from moe_lib.kernels.routing import topk_softmax
 from moe_lib.testing import randn, seeded
 
 E, K = TINY.num_experts, TINY.top_k  # 8 experts, top-2
@@ -148,7 +149,7 @@ print(f"{'PASS' if ok else 'FAIL'}  by hand vs moe_align_block_size_torch: all t
 # past `num_tokens_post_padded` — allocated, never used.
 
 # %% slideshow={"slide_type": "-"}
-viz_kernels.alignment_layout(*spec, block_size=BLOCK_M, num_valid=numel, num_experts=E,
+viz.alignment_layout(*spec, block_size=BLOCK_M, num_valid=numel, num_experts=E,
                              title=f"{M} tokens x top-{K}, BLOCK_M = {BLOCK_M}")
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
@@ -205,7 +206,7 @@ for i, m in enumerate(token_counts):
         print(f"{m:>6}" + "".join(f"{100 * wasted[b][i]:12.1f}%" for b in block_sizes))
 
 # %% slideshow={"slide_type": "subslide"}
-viz_kernels.padding_waste(token_counts, wasted, num_experts=E, top_k=K)
+viz.padding_waste(token_counts, wasted, num_experts=E, top_k=K)
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # At decode-sized batches most of the rows computed are padding: one token with $B = 16$ fills 2 of the
@@ -243,7 +244,7 @@ def show_layout(block_m: int, num_tokens: int) -> None:
         f"({100 * (total - rows) / total:.0f} % of the rows computed); buffer {s.numel()} slots\n"
     )
     layout_area.append_display_data(
-        viz_kernels.alignment_layout(s, e, n, block_size=block_m, num_valid=rows, num_experts=E)
+        viz.alignment_layout(s, e, n, block_size=block_m, num_valid=rows, num_experts=E)
     )
 
 
@@ -276,7 +277,7 @@ print("sorted_token_ids and num_tokens_post_padded unchanged:",
       torch.equal(s_ep, spec[0]) and torch.equal(n_ep, spec[2]))
 
 # %% slideshow={"slide_type": "subslide"}
-viz_kernels.alignment_layout(s_ep, e_ep, n_ep, block_size=BLOCK_M, num_valid=numel, num_experts=E,
+viz.alignment_layout(s_ep, e_ep, n_ep, block_size=BLOCK_M, num_valid=numel, num_experts=E,
                              expert_label="local expert",
                              title="Rank 1 of 2 (global experts 4-7 = local 0-3): remote experts' blocks get -1")
 
@@ -444,7 +445,7 @@ print("\n".join(lines))
 # [solutions/04_alignment_solutions.ipynb](solutions/04_alignment_solutions.ipynb).
 
 # %% slideshow={"slide_type": "-"}
-from moe_lib.exercises import check_expert_slots, check_padded_total
+from moe_lib.teach.exercises import check_expert_slots, check_padded_total
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Exercise 1 — the alignment of one expert

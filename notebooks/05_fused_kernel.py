@@ -55,13 +55,14 @@ import triton
 from transformers import MixtralConfig
 from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 
-from moe_lib import runtime, viz_kernels
+from moe_lib import runtime
+from moe_lib.teach import viz
 from moe_lib.config import TINY
 from moe_lib.gate import MoEGate
 from moe_lib.kernels.align import moe_align_block_size
 from moe_lib.kernels.fused_moe import grouped_tile, fused_experts, fused_moe, invoke_fused_moe_kernel
 from moe_lib.reference import moe_reference, silu_and_mul
-from moe_lib.routing import topk_softmax
+from moe_lib.kernels.routing import topk_softmax
 from moe_lib.testing import randn, rel_err, seeded, tolerance, verdict
 
 torch.set_printoptions(precision=4, sci_mode=False)
@@ -177,7 +178,7 @@ print(verdict("tile by hand vs the kernel's act[flat ids, columns]", tile, act[f
 # already in (token, slot) order and nobody has to un-sort it.
 
 # %% slideshow={"slide_type": "-"}
-viz_kernels.fused_tile_gather(flat_ids.cpu(), top_k=K, num_tokens=M, hidden=H, inter=I, expert=e,
+viz.fused_tile_gather(flat_ids.cpu(), top_k=K, num_tokens=M, hidden=H, inter=I, expert=e,
                               col_start=pid_n * BN, block_n=BN)
 
 # %% [markdown] slideshow={"slide_type": "slide"}
@@ -255,7 +256,7 @@ for name, grid in maps.items():
     print(f"{name}: every tile computed exactly once:", torch.equal(grid.flatten().sort().values, torch.arange(60)))
 
 # %% slideshow={"slide_type": "subslide"}
-viz_kernels.tile_program_ids(maps, title="Program id of each tile (10 x 6 tiles)")
+viz.tile_program_ids(maps, title="Program id of each tile (10 x 6 tiles)")
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # With `GROUP_SIZE_M = 4`, programs 0–23 fill the first four row blocks column by column; the last group
@@ -489,7 +490,7 @@ else:
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Recorded benchmarks
 #
-# `python -m moe_lib.bench` times the whole layer — routing, alignment, both GEMMs, the sum — for Mixtral's
+# `python -m moe_lib.perf.bench` times the whole layer — routing, alignment, both GEMMs, the sum — for Mixtral's
 # shapes in bf16, at tensor-parallel degrees 1–8 (each rank holds $I/\mathrm{tp}$ of every expert), and
 # writes one JSON file per GPU into `data/bench/`. Next to `moe_lib` it times two peers: `grouped_mm`
 # (PyTorch's grouped GEMM over expert-sorted rows) and `loop` (one matmul pair per expert, like
@@ -511,7 +512,7 @@ for path, run in zip(bench_files, runs):
     print(f"  method: {run['method']}")
 
 # %% slideshow={"slide_type": "subslide"}
-viz_kernels.latency_vs_tokens(runs, tps=(1, 8)) if runs else None
+viz.latency_vs_tokens(runs, tps=(1, 8)) if runs else None
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # The same numbers for a few batch sizes, with the share of the floor that `moe_lib` reaches:
@@ -586,7 +587,7 @@ for path in test_files:
 # [solutions/05_fused_kernel_solutions.ipynb](solutions/05_fused_kernel_solutions.ipynb).
 
 # %% slideshow={"slide_type": "-"}
-from moe_lib.exercises import check_b_offsets, check_tile_a_rows
+from moe_lib.teach.exercises import check_b_offsets, check_tile_a_rows
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Exercise 1 — the A rows of a tile

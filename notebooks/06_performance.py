@@ -50,7 +50,9 @@ from pathlib import Path
 
 import torch
 
-from moe_lib import bench, runtime, viz_perf
+from moe_lib import runtime
+from moe_lib.perf import bench
+from moe_lib.teach import viz
 from moe_lib.kernels.align import moe_align_block_size
 from moe_lib.kernels.fused_moe import (
     CONFIG_KEYS,
@@ -63,7 +65,7 @@ from moe_lib.kernels.fused_moe import (
     split_config,
 )
 from moe_lib.reference import moe_reference
-from moe_lib.routing import topk_softmax
+from moe_lib.kernels.routing import topk_softmax
 from moe_lib.testing import verdict
 
 REPO = Path(moe_lib.__file__).resolve().parent.parent
@@ -76,7 +78,7 @@ E, K, H, I = (bench.MIXTRAL[key] for key in ("num_experts", "top_k", "hidden", "
 # These files, all made on the device machine of this project (`data/README.md` says how each run was
 # made; the reference file carries its own source note):
 #
-# * `NVIDIA_H100_80GB_HBM3.json` — `python -m moe_lib.bench` on an H100 with the **tuned** configurations of
+# * `NVIDIA_H100_80GB_HBM3.json` — `python -m moe_lib.perf.bench` on an H100 with the **tuned** configurations of
 #   `moe_lib/kernels/configs/`: the whole layer (routing, alignment, both GEMMs, the sum over $k$) for
 #   Mixtral's shapes in bf16, at TP = 1, 2, 4, 8 and M = 1 … 4096 tokens per call, next to two peers —
 #   `grouped_mm` (PyTorch's `torch._grouped_mm` over expert-sorted rows) and `loop` (one matmul pair per
@@ -190,7 +192,7 @@ for m in (1, 2, 4, 8, 16, 32, 64):
 CEIL = RUN["ceilings"]
 bandwidth, peak = CEIL["copy_TBps"] * 1e12, CEIL["matmul_TFLOPs"] * 1e12  # bytes/s, FLOP/s
 ridge_intensity = peak / bandwidth
-ridge_m = viz_perf.ridge_tokens(CEIL)
+ridge_m = viz.ridge_tokens(CEIL)
 print(f"ridge point: {peak / 1e12:.0f} TFLOP/s / {bandwidth / 1e12:.2f} TB/s = {ridge_intensity:.0f} FLOP/byte")
 intensity_at_ridge = ridge_m * K / bench.expected_experts_touched(ridge_m, E, K)
 print(f"the layer reaches it at M = {ridge_m} (intensity {intensity_at_ridge:.0f} FLOP/byte)")
@@ -234,7 +236,7 @@ for m in bench.M_VALUES:
 # grows linearly with $M$. Whatever a kernel does, it cannot get below this envelope:
 
 # %% slideshow={"slide_type": "-"}
-viz_perf.floor_vs_tokens(CEIL, token_counts=list(bench.M_VALUES), tps=[1, 2, 4, 8])
+viz.floor_vs_tokens(CEIL, token_counts=list(bench.M_VALUES), tps=[1, 2, 4, 8])
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # Two caveats make "% of floor" a measure to read with care:
@@ -261,7 +263,7 @@ viz_perf.floor_vs_tokens(CEIL, token_counts=list(bench.M_VALUES), tps=[1, 2, 4, 
 # on the same kind of card.
 
 # %% slideshow={"slide_type": "-"}
-viz_perf.roofline(RUN, tps=TPS, reference=REF)
+viz.roofline(RUN, tps=TPS, reference=REF)
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # In the recorded run, along the slanted part — small $M$ — `moe_lib` hugs the roof at TP = 1 and 2 and
@@ -298,7 +300,7 @@ for tp in TPS:
 # $M$; real vLLM is somewhat faster there than the black line.
 
 # %% slideshow={"slide_type": "-"}
-viz_perf.latency_vs_reference(RUN, REF, tps=TPS)
+viz.latency_vs_reference(RUN, REF, tps=TPS)
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # How far the peers are behind `moe_lib`, as the geometric mean of their time over ours across all recorded
@@ -366,7 +368,7 @@ for label, pick in (("TP = 4 and 8, M <= 16", lambda tp, m: tp in (4, 8) and m i
 # ridge, a partial recovery on the compute-bound side.
 
 # %% slideshow={"slide_type": "-"}
-viz_perf.floor_fraction({f"moe_lib, {RUN['gpu']}": RUN}, tps=TPS, reference=REF)
+viz.floor_fraction({f"moe_lib, {RUN['gpu']}": RUN}, tps=TPS, reference=REF)
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## 5. What the tuning bought
@@ -374,7 +376,7 @@ viz_perf.floor_fraction({f"moe_lib, {RUN['gpu']}": RUN}, tps=TPS, reference=REF)
 # `get_config` picks the kernel's tile configuration for each call: the tuned table for this $(E, N)$ and
 # GPU when `moe_lib/kernels/configs/` holds one — taking the entry whose $M$ is nearest — and otherwise a
 # **default heuristic** (`default_config`, vLLM's rule of thumb: bigger tiles as $M$ grows). `python -m
-# moe_lib.tune` searched, per $(N, M)$, a space of tile shapes for GEMM1 and GEMM2 *separately* (their shapes
+# moe_lib.perf.tune` searched, per $(N, M)$, a space of tile shapes for GEMM1 and GEMM2 *separately* (their shapes
 # differ: GEMM1 produces $N = I/tp$ columns from pairs of gate and up rows, GEMM2 produces $H = 4096$) and
 # kept the fastest; `BLOCK_SIZE_M` stays shared, because both GEMMs walk the same aligned blocks.
 
@@ -421,7 +423,7 @@ for tp in (1, 8):
 # equal values stay visible):
 
 # %% slideshow={"slide_type": "-"}
-viz_perf.tile_shapes({m: heuristic(m, I // 8) for m in tables[8]}, tables[8],
+viz.tile_shapes({m: heuristic(m, I // 8) for m in tables[8]}, tables[8],
                      title=f"Tile shapes at TP = 8 (N = {I // 8}): default heuristic vs tuned, {GPU_NAME}")
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
@@ -495,7 +497,7 @@ for tp in (1, 8):
 
 # %% slideshow={"slide_type": "subslide"}
 h200_label = f"{H200['gpu']}, " + ("default configs" if same else "configs as recorded")
-viz_perf.floor_fraction({h200_label: H200, f"{H200_TUNED['gpu']}, tuned configs": H200_TUNED}, tps=[1, 8])
+viz.floor_fraction({h200_label: H200, f"{H200_TUNED['gpu']}, tuned configs": H200_TUNED}, tps=[1, 8])
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # In these two recorded runs the gap between the curves is widest where the tile shape matters most: at
@@ -568,7 +570,7 @@ for tp in TPS:
               f"{'yes' if a['config'].get('TMA') else 'no':>4} {share_b:>21.0%} {share_a:>6.0%}")
 
 # %% slideshow={"slide_type": "subslide"}
-viz_perf.floor_fraction({"pointer loads (before)": BEFORE_TMA, "TMA layout": BEFORE_KSUM}, tps=TPS)
+viz.floor_fraction({"pointer loads (before)": BEFORE_TMA, "TMA layout": BEFORE_KSUM}, tps=TPS)
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # The gain is largest where the gather was repeated most — at low TP, where GEMM1 has the most column
@@ -729,7 +731,7 @@ print(f"\nrecorded step costs inside a CUDA graph, {steps['num_tokens']} tokens:
       f"(launched eagerly, one by one: {steps['routing_eager_us']:.0f} and {steps['align_eager_us']:.0f} µs)")
 
 # %% slideshow={"slide_type": "subslide"}
-viz_perf.time_above_floor(RUN, m=1, tps=TPS, reference=REF)
+viz.time_above_floor(RUN, m=1, tps=TPS, reference=REF)
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # The grey part is what the weights cost, the blue part what the call costs on top. The eager step costs
@@ -738,7 +740,7 @@ viz_perf.time_above_floor(RUN, m=1, tps=TPS, reference=REF)
 # pays more fixed costs (part of them the stand-in steps described in section 3), and at TP = 8 they are
 # most of its call.
 #
-# Where exactly do our microseconds above the floor go? `python -m moe_lib.bench --breakdown` times each step
+# Where exactly do our microseconds above the floor go? `python -m moe_lib.perf.bench --breakdown` times each step
 # of a call alone, in a CUDA graph of 20 launches of that step; `data/bench/breakdown_H100.txt` holds one such
 # run. Each GEMM has its own floor — GEMM1 reads `w13` (two thirds of an expert's bytes) and does two
 # thirds of the FLOPs, GEMM2 the rest — so the excess of a call splits into the small kernels, each GEMM's
@@ -852,13 +854,13 @@ for m in (256, 1024, m_top):
 # would draw more, the card lowers its clock until it fits. A dense bf16 GEMM at full tilt does exactly
 # that. The ceiling of section 1 times 20 matmuls — about 30 ms, over before the clock has come all the way
 # down — while each large-$M$ point of the bench replays its CUDA graph for a few hundred milliseconds. The
-# recorded run logged the card's clock and power draw all along (`python -m moe_lib.bench --power-log …`,
+# recorded run logged the card's clock and power draw all along (`python -m moe_lib.perf.bench --power-log …`,
 # read here with `bench.read_power_log`); the shaded spans are the $M = 4096$ points (the power reading is
 # nvidia-smi's average over the last second or so, so it trails the clock):
 
 # %% slideshow={"slide_type": "-"}
 POWER = bench.read_power_log(BENCH / "power_NVIDIA_H100_80GB_HBM3.csv")
-viz_perf.power_trace(RUN, POWER, mark_ms=(m_top,))
+viz.power_trace(RUN, POWER, mark_ms=(m_top,))
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # The run also measured the matmul the way it times the layer — a CUDA graph of 10, median of 20 replays,
@@ -894,7 +896,7 @@ for tp in TPS:
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## 7. On a GPU: a few points, live
 #
-# With a GPU, the next cell times TP = 8 at three batch sizes the way `moe_lib.bench` does (a CUDA graph of
+# With a GPU, the next cell times TP = 8 at three batch sizes the way `moe_lib.perf.bench` does (a CUDA graph of
 # 10 calls, fresh router logits before each replay, median over replays), against floors from ceilings
 # measured now, and then each step of one call alone with `bench.breakdown`. Without one it says so: the
 # figures above are the recorded data.
@@ -943,7 +945,7 @@ else:
 # roughly 40 µs that the recorded run needs.
 
 # %% slideshow={"slide_type": "-"}
-from moe_lib.exercises import check_decode_floor
+from moe_lib.teach.exercises import check_decode_floor
 
 
 def decode_floor_us(hidden: int, inter: int, top_k: int, tp: int, bandwidth_tbps: float) -> float:

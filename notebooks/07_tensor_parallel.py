@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from moe_lib import viz_parallel
+from moe_lib.teach import viz
 from moe_lib.config import MIXTRAL_8X7B, MIXTRAL_8X7B_LAYERS, TINY
 from moe_lib.gate import MoEGate
 from moe_lib.kernels.fused_moe import fused_experts
@@ -144,7 +144,7 @@ print("rank 1's w13 = [w1 rows 32..63; w3 rows 32..63]:",
       torch.equal(shard_w13(w13, tp, 1), torch.cat([w13[:, :I][:, rows], w13[:, I:][:, rows]], dim=1)))
 
 # %% slideshow={"slide_type": "subslide"}
-viz_parallel.tp_shards(H, I, tp)
+viz.tp_shards(H, I, tp)
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # A contiguous cut of `w13` into $tp$ blocks of rows would be a bug: with $tp = 2$ rank 0 would get all
@@ -300,7 +300,7 @@ except TimeoutError as err:
 # large $tp$:
 
 # %% slideshow={"slide_type": "-"}
-viz_parallel.allreduce_traffic(mix.hidden_size, [1, 2, 4, 8])
+viz.allreduce_traffic(mix.hidden_size, [1, 2, 4, 8])
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # Set against what each rank *reads* — its slice of the touched experts' weights (notebook 03's floor) —
@@ -352,7 +352,7 @@ for path, run in zip(bench_files, runs):
               f"{rec['total_us']:>9.1f} {speed:>9}  {ok}")
 
 # %% slideshow={"slide_type": "subslide"}
-viz_parallel.parallel_bench(runs) if runs else None
+viz.parallel_bench(runs) if runs else None
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## Exercises
@@ -365,7 +365,7 @@ viz_parallel.parallel_bench(runs) if runs else None
 # [solutions/07_tensor_parallel_solutions.ipynb](solutions/07_tensor_parallel_solutions.ipynb).
 
 # %% slideshow={"slide_type": "-"}
-from moe_lib.exercises import check_shard_w2, check_shard_w13
+from moe_lib.teach.exercises import check_shard_w2, check_shard_w13
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Exercise 1 — shard w13 by hand

@@ -39,7 +39,7 @@ import inspect
 
 import torch
 
-from moe_lib import viz, viz_parallel
+from moe_lib.teach import viz
 from moe_lib.config import TINY
 from moe_lib.gate import MoEGate
 from moe_lib.kernels.fused_moe import fused_experts
@@ -83,7 +83,7 @@ for rank in range(3):
     print(f"ep = 3, rank {rank}: expert_map = {expert_map(E, 3, rank).tolist()}")
 
 # %% slideshow={"slide_type": "subslide"}
-viz_parallel.expert_placement(torch.arange(E), 3, title="Plain placement: 8 experts on 3 ranks")
+viz.expert_placement(torch.arange(E), 3, title="Plain placement: 8 experts on 3 ranks")
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## 2. One `fused_experts` per rank, then the sum
@@ -212,12 +212,12 @@ print("every physical expert is a copy of the chosen logical one:",
 # %% slideshow={"slide_type": "subslide"}
 phys_fresh = plan.choose_replicas(ids_fresh)
 per_physical = torch.bincount(phys_fresh.flatten().long(), minlength=plan.num_physical)  # (P,) rows
-viz_parallel.expert_placement(plan.phys_to_log, 4, num_logical=E, loads=per_physical,
+viz.expert_placement(plan.phys_to_log, 4, num_logical=E, loads=per_physical,
                               title="EPLB, R = 4 (copies hatched): logical expert, rows on the fresh batch")
 
 # %% slideshow={"slide_type": "subslide"}
 balanced = rank_loads(phys_fresh, plan.owner, 4)
-viz_parallel.rank_loads({"plain EP": plain, f"EPLB, R = {R}": balanced},
+viz.rank_loads({"plain EP": plain, f"EPLB, R = {R}": balanced},
                         title="Fresh batch of 1024 tokens, EP = 4: rows per rank")
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
@@ -236,7 +236,7 @@ for name, values in sweep.items():
     print(f"{name:15s}:", [round(v, 2) for v in values])
 
 # %% slideshow={"slide_type": "subslide"}
-viz_parallel.imbalance_vs_redundancy(redundancy, sweep, title="EPLB on 4 ranks: max / mean rank load")
+viz.imbalance_vs_redundancy(redundancy, sweep, title="EPLB on 4 ranks: max / mean rank load")
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # Already $R = 0$ helps — the plan only *places* the 8 experts better, putting the two hot ones on

@@ -45,7 +45,8 @@ from pathlib import Path
 
 import torch
 
-from moe_lib import checkpoint, viz_layer
+from moe_lib import checkpoint
+from moe_lib.teach import viz
 from moe_lib.layer import MixtralMoE, record_routing, replace_moe_blocks
 from moe_lib.parallel import shard_w13, shard_w2
 from moe_lib.testing import randn, rel_err, seeded, verdict
@@ -220,7 +221,7 @@ print(verdict("w13 after three failed loads vs before", moe.w13, before))
 # full checkpoint tensors, so every rank reads the same files:
 
 # %% slideshow={"slide_type": "-"}
-viz_layer.shard_layout(I, 2)
+viz.shard_layout(I, 2)
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # Each rank's output is a partial sum over its half of $I$. In a real run each rank is a process and
@@ -323,7 +324,7 @@ routing = [calls[0] for calls in log]  # per layer: ((T, k) weights, (T, k) ids)
 for layer_idx, (_, ids) in enumerate(routing):
     counts = torch.bincount(ids.flatten().long(), minlength=E).tolist()
     print(f"layer {layer_idx}: slots per expert {counts}  (balanced: {48 * K / E:.0f} each)")
-viz_layer.expert_usage(routing, E)
+viz.expert_usage(routing, E)
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # Every token uses 2 of the 8 experts in every layer, and the choice changes from position to position and

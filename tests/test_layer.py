@@ -1,6 +1,6 @@
 """moe_lib.layer: MixtralMoE against an fp64 oracle and HF's block, its tensor-parallel shards (in process and
 over gloo), load_weights' all-or-nothing checks, and the whole tiny Mixtral with every MoE block swapped.
-Also the figures of notebook 09 (moe_lib.viz_layer)."""
+Also the figures of notebook 09 (moe_lib.teach.viz.layer)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ import torch
 from matplotlib.figure import Figure
 
 from moe_lib import checkpoint as ckpt_mod
-from moe_lib import runtime, viz_layer
+from moe_lib import runtime
+from moe_lib.kernels.routing import topk_softmax
 from moe_lib.layer import MixtralMoE, moe_blocks, record_routing, replace_moe_blocks
 from moe_lib.parallel import shard_w2, shard_w13
 from moe_lib.reference import moe_reference
-from moe_lib.routing import topk_softmax
+from moe_lib.teach.viz import layer as viz_layer
 from moe_lib.testing import assert_close, rel_err, tolerance
 
 E, K, H, I = 8, 2, 64, 128  # the tiny checkpoint's layer
@@ -458,7 +459,7 @@ def test_record_routing_logs_what_the_layer_used(layer0, gen, device):
 
 
 # ----------------------------------------------------------------------------------------------------
-# figures (moe_lib.viz_layer)
+# figures (moe_lib.teach.viz.layer)
 # ----------------------------------------------------------------------------------------------------
 @pytest.fixture
 def no_pyplot():

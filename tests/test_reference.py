@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from moe_lib.kernels.routing import topk_softmax
 from moe_lib.reference import moe_reference, silu_and_mul
-from moe_lib.routing import topk_softmax
 from moe_lib.testing import assert_close, tolerance
 
 

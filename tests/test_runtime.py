@@ -27,7 +27,7 @@ def test_import_sets_interpreter_before_kernels_in_a_fresh_process():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = (
         "import torch, moe_lib\n"
-        "from moe_lib.routing import topk_softmax_kernel\n"
+        "from moe_lib.kernels.routing import topk_softmax_kernel\n"
         "print(type(topk_softmax_kernel).__name__)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)

@@ -193,9 +193,12 @@ def _chunk_size(num_experts_pad: int) -> int:
 
 
 def moe_align_block_size(
-    topk_ids: torch.Tensor, block_size: int, num_experts: int, expert_map: torch.Tensor | None = None
+    topk_ids: torch.Tensor, block_size: int, num_experts: int, expert_map: torch.Tensor | None = None, *,
+    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None, use_pdl: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Same contract and results as :func:`moe_align_block_size_torch`, in Triton."""
+    """Same contract and results as :func:`moe_align_block_size_torch`, in Triton. ``out``: the three output
+    buffers (int32, of the lengths :func:`align_sizes` gives, and 1) to write instead of new ones; ``use_pdl``:
+    programmatic dependent launch (default: :func:`moe_lib.runtime.pdl`'s choice)."""
     _check_align_args(topk_ids, block_size, num_experts, expert_map)
     if block_size & (block_size - 1):
         raise ValueError(f"block_size must be a power of two for the Triton kernel, got {block_size}")
@@ -206,9 +209,17 @@ def moe_align_block_size(
         flat = flat.to(torch.int32)
     numel = flat.numel()
     max_len, max_blocks = align_sizes(numel, block_size, num_experts)
-    sorted_token_ids = empty(max_len, dtype=torch.int32, device=device)
-    expert_ids = empty(max_blocks, dtype=torch.int32, device=device)
-    num_tokens_post_padded = empty(1, dtype=torch.int32, device=device)
+    if out is None:
+        sorted_token_ids = empty(max_len, dtype=torch.int32, device=device)
+        expert_ids = empty(max_blocks, dtype=torch.int32, device=device)
+        num_tokens_post_padded = empty(1, dtype=torch.int32, device=device)
+    else:
+        sorted_token_ids, expert_ids, num_tokens_post_padded = out
+        for name, t, length in (("sorted_token_ids", sorted_token_ids, max_len), ("expert_ids", expert_ids, max_blocks),
+                                ("num_tokens_post_padded", num_tokens_post_padded, 1)):
+            check_tensor(f"out ({name})", t, ndim=1, dtypes=(torch.int32,), device=device)
+            if t.shape[0] != length or not t.is_contiguous():
+                raise ValueError(f"out ({name}) must be contiguous with {length} entries, got shape {tuple(t.shape)}")
 
     e_pad = triton.next_power_of_2(num_experts)
     # Few ids (decode): a chunk just big enough, so the single program does little work.
@@ -222,7 +233,8 @@ def moe_align_block_size(
         prefix = empty(num_chunks, e_pad, dtype=torch.int32, device=device)
         totals = empty(e_pad, dtype=torch.int32, device=device)
     emap = expert_map.to(torch.int32) if expert_map is not None else sorted_token_ids
-    use_pdl = runtime.pdl(device, numel)
+    if use_pdl is None:
+        use_pdl = runtime.pdl(device, numel)
     with runtime.quiet_interpreter():
         if not single:
             align_count_kernel[(num_chunks,)](flat, counts, numel, CHUNK=chunk, E_PAD=e_pad,

@@ -1,34 +1,24 @@
-"""The fused-MoE kernel: a grouped GEMM over expert-sorted tokens, written from scratch.
+"""The fused-MoE kernels and their launchers: a grouped GEMM over expert-sorted tokens, written from scratch.
 
-Flow of :func:`fused_experts` for M tokens, each routed to top_k experts::
+Both GEMMs of an MoE layer are the same kernel, :func:`fused_moe_kernel`. A program computes one
+BLOCK_M x BLOCK_N tile of C for one block of sorted rows; all rows of a block share an expert, so the B tile is
+one slice of that expert's weight. Row r of the A tile is token ``sorted_token_ids[r] // A_ROWS_DIV`` (the
+token itself in GEMM1, the (token, slot) row in GEMM2).
 
-    align       topk_ids (M, k)  -> sorted_token_ids, expert_ids, num_tokens_post_padded
-    GEMM1       x (M, H) @ w13[e].T, gate and up halves in one tile, then silu(gate) * up
-                -> act (M*k, I)          row = flat id t*k + j (token t, slot j)
-    GEMM2       act (M*k, I) @ w2[e].T, times the routing weight
-                -> out (M*k, H)
-    sum over k  -> (M, H)            for top_k <= 2 inside GEMM2: each row added into its token's row
+Production switches, each chosen by the plan (:mod:`moe_lib.kernels.experts`), none changing a bit:
 
-Both GEMMs are the same kernel, :func:`fused_moe_kernel`. A program computes one BLOCK_M x BLOCK_N tile of
-C for one block of sorted rows; all rows of a block share an expert, so the B tile is one slice of that
-expert's weight. Row r of the A tile is token ``sorted_token_ids[r] // A_ROWS_DIV`` (the token itself
-in GEMM1, the (token, slot) row in GEMM2).
+- ``TMA``: the tokens were first copied into sorted order (:func:`gather_sorted_rows`), so every A tile is a
+  contiguous box fetched through a tensor descriptor (Hopper's bulk copy engine), and so are the B tiles;
+- ``C_SORTED``: GEMM1 writes ``act`` in sorted order for a TMA GEMM2;
+- ``C_ROWS_DIV = top_k``: GEMM2 adds each slot's row into its token's row (the sum over k, fused);
+- ``SPLIT_TAIL``: a last wave at most half full runs as twice as many half-width tiles;
+- ``USE_PDL``: programmatic dependent launch (:func:`moe_lib.runtime.pdl`);
+- ``COMPUTE_FP32``: upcast tiles before ``tl.dot`` — the interpreter computes bf16 wrongly.
 
-For large M a config may ask for ``"TMA"``: the tokens are first copied into sorted order
-(:func:`gather_sorted_rows`, one row per sorted position), so that every A tile is a contiguous box;
-then both GEMMs fetch A and B tiles through tensor descriptors (Hopper's bulk copy engine), GEMM1 writes
-``act`` in sorted order too, and GEMM2 scatters its rows back to flat ids. Same arithmetic, same result.
-
-Tiles run in waves of one program per multiprocessor; a last wave at most half full is split into half-width
-tiles (``SPLIT_TAIL``). On Hopper one-token calls chain their kernels with programmatic dependent launch
-(:func:`moe_lib.runtime.pdl`). Neither changes a bit of the result.
+The plan decides; the launchers here only turn a decision into a grid and a launch.
 """
 
 from __future__ import annotations
-
-import functools
-import json
-from pathlib import Path
 
 import torch
 import triton
@@ -37,12 +27,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .. import runtime
 from .._alloc import empty
-from .._validate import FLOAT_DTYPES, check_kernel_device
-from ..reference import check_moe_args
 from ..runtime import pdl_start
-from .align import moe_align_block_size
-
-CONFIG_DIR = Path(__file__).with_name("configs")
 
 
 @triton.jit
@@ -282,13 +267,16 @@ def gather_rows_kernel(
 
 
 def gather_sorted_rows(
-    x: torch.Tensor, sorted_token_ids: torch.Tensor, num_tokens_post_padded: torch.Tensor, top_k: int
+    x: torch.Tensor, sorted_token_ids: torch.Tensor, num_tokens_post_padded: torch.Tensor, top_k: int,
+    out: torch.Tensor | None = None, *, use_pdl: bool | None = None,
 ) -> torch.Tensor:
     """(M, H) -> (EM, H): the tokens laid out in the alignment's order, one row per (token, slot), so that
     each BLOCK_M block is a contiguous box a tensor descriptor can fetch."""
     em, hidden = sorted_token_ids.shape[0], x.shape[1]
-    out = empty(em, hidden, dtype=x.dtype, device=x.device)
-    use_pdl = runtime.pdl(x.device, x.shape[0] * top_k)
+    if out is None:
+        out = empty(em, hidden, dtype=x.dtype, device=x.device)
+    if use_pdl is None:
+        use_pdl = runtime.pdl(x.device, x.shape[0] * top_k)
     block_h = min(triton.next_power_of_2(hidden), 4096 if runtime.INTERPRET else 512)
     rows_per_program = max(1, (16384 if runtime.INTERPRET else 4096) // block_h)
     grid = (triton.cdiv(em, rows_per_program), triton.cdiv(hidden, block_h))
@@ -302,13 +290,15 @@ def gather_sorted_rows(
     return out
 
 
-def moe_sum(partial: torch.Tensor, out: torch.Tensor, topk_ids: torch.Tensor, num_experts: int) -> torch.Tensor:
+def moe_sum(partial: torch.Tensor, out: torch.Tensor, topk_ids: torch.Tensor, num_experts: int, *,
+            use_pdl: bool | None = None) -> torch.Tensor:
     """(M, k, H) -> out (M, H): the sum over each token's k expert outputs (slots with an id outside
     [0, num_experts) count as zero)."""
     num_tokens, top_k, hidden = partial.shape
     topk_ids = topk_ids.contiguous()
     # One pass over memory: ~4K values per program on a GPU, a few big programs in the interpreter.
-    use_pdl = runtime.pdl(out.device, num_tokens * top_k)
+    if use_pdl is None:
+        use_pdl = runtime.pdl(out.device, num_tokens * top_k)
     block_h = min(triton.next_power_of_2(hidden), 8192 if runtime.INTERPRET else 1024)
     block_m = min(triton.next_power_of_2(num_tokens), max(1, (65536 if runtime.INTERPRET else 4096) // block_h))
     grid = (triton.cdiv(num_tokens, block_m), triton.cdiv(hidden, block_h))
@@ -320,96 +310,6 @@ def moe_sum(partial: torch.Tensor, out: torch.Tensor, topk_ids: torch.Tensor, nu
             USE_PDL=use_pdl, launch_pdl=use_pdl, num_warps=4,
         )
     return out
-
-
-# ----------------------------------------------------------------------------------------------------
-# Configurations: a tuned table per (E, N, device) when one exists, else a heuristic
-# ----------------------------------------------------------------------------------------------------
-CONFIG_KEYS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages")
-
-
-def config_file_name(num_experts: int, n: int, device_name: str) -> str:
-    """``E=8,N=14336,device_name=NVIDIA_H100_80GB_HBM3.json`` — N is the intermediate size per rank."""
-    return f"E={num_experts},N={n},device_name={device_name.replace(' ', '_')}.json"
-
-
-@functools.cache
-def load_config_table(num_experts: int, n: int, device_name: str) -> dict[int, dict] | None:
-    """The tuned table {M: config} for this shape and device, or None."""
-    path = CONFIG_DIR / config_file_name(num_experts, n, device_name)
-    if not path.exists():
-        return None
-    table = {int(m): cfg for m, cfg in json.loads(path.read_text()).items()}
-    for m, cfg in table.items():
-        try:
-            split_config(cfg)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{path.name}: config for M={m}: {exc}") from None
-    return table
-
-
-def default_config(
-    num_tokens: int, num_experts: int, n: int, k: int, top_k: int, *, interpret: bool | None = None
-) -> dict:
-    """A sound configuration for any shape (used when no tuned table exists). ``interpret`` picks the
-    interpreter's or the GPU's branch (default: where kernels run now)."""
-    if runtime.INTERPRET if interpret is None else interpret:
-        # Each program is a round of numpy calls: few, large tiles keep notebooks fast.
-        per_expert = triton.cdiv(num_tokens * top_k, num_experts)
-        return {
-            "BLOCK_SIZE_M": max(16, min(64, triton.next_power_of_2(per_expert))),
-            "BLOCK_SIZE_N": max(16, min(128, triton.next_power_of_2(n))),
-            "BLOCK_SIZE_K": max(16, min(128, triton.next_power_of_2(k))),
-            "GROUP_SIZE_M": 1,
-            "num_warps": 4,
-            "num_stages": 1,
-        }
-    m = num_tokens
-    return {
-        "BLOCK_SIZE_M": 16 if m <= 32 else 32 if m <= 96 else 64 if m <= 512 else 128,
-        "BLOCK_SIZE_N": 64 if m <= 64 else 128,
-        "BLOCK_SIZE_K": 128 if m <= 64 else 64,
-        "GROUP_SIZE_M": 16 if m / num_experts > 128 else 1,
-        "num_warps": 4 if m <= 128 else 8,
-        "num_stages": 4 if m <= 32 else 3,
-        # The sorted layout through tensor descriptors won from M = 512 on at every TP size tuned on an H100;
-        # fused_experts falls back to pointer loads where the GPU or the strides do not allow descriptors.
-        "TMA": m >= 512,
-    }
-
-
-def get_config(num_tokens: int, num_experts: int, n: int, hidden: int, top_k: int, device) -> dict:
-    """The tuned config for the nearest M when a table exists for (E, N, device); else the default."""
-    if not runtime.INTERPRET:
-        table = load_config_table(num_experts, n, runtime.device_name(device))
-        if table:
-            nearest = min(table, key=lambda m: abs(m - num_tokens))
-            return dict(table[nearest])
-    return default_config(num_tokens, num_experts, n, hidden, top_k)
-
-
-def split_config(config: dict) -> tuple[dict, dict]:
-    """(GEMM1 config, GEMM2 config). A config may carry ``"down"``: overrides for GEMM2 (x w2), which has
-    another shape than GEMM1 (N = H instead of I, no gate/up pair). BLOCK_SIZE_M is shared: both GEMMs
-    walk the same aligned blocks; so is the optional ``"TMA"`` (bool, default False): lay the tokens out in
-    sorted order first and read every tile through tensor descriptors (see :func:`fused_experts`)."""
-    if not isinstance(config, dict):
-        raise TypeError(f"config must be a dict, got {type(config).__name__}")
-    down = config.get("down", {})
-    if not isinstance(down, dict) or "BLOCK_SIZE_M" in down or "TMA" in down:
-        raise ValueError("config['down'] must be a dict of GEMM2 overrides without BLOCK_SIZE_M or TMA")
-    if not isinstance(config.get("TMA", False), bool):
-        raise TypeError(f"config['TMA'] must be a bool, got {config['TMA']!r}")
-    up = {key: config[key] for key in (*CONFIG_KEYS, "TMA") if key in config}
-    for name, cfg in (("config", up), ("config['down']", {**up, **down})):
-        missing = set(CONFIG_KEYS) - set(cfg)
-        if missing:
-            raise ValueError(f"{name} lacks {sorted(missing)}")
-        for key in ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K"):
-            v = cfg[key]
-            if not isinstance(v, int) or v < 16 or v & (v - 1):
-                raise ValueError(f"{name}[{key!r}] must be a power of two >= 16, got {v!r}")
-    return up, {**up, **down}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -431,28 +331,22 @@ def invoke_fused_moe_kernel(
     config: dict,
     tma: bool = False,
     c_sorted: bool = False,
+    split_tail: bool = False,
     num_sms: int | None = None,
+    use_pdl: bool = False,
 ) -> None:
     """Launch one grouped GEMM: C[flat id // c_rows_div] (+)= A[flat id // a_rows_div] @ B[expert].T (see
-    the kernel). With ``tma`` A is already in sorted order (row = sorted position, :func:`gather_sorted_rows`)
-    and A and B are read through tensor descriptors; with ``c_sorted`` C's rows are sorted positions too.
-    ``num_sms``: programs that run at once, for splitting a sparse last wave (default: the GPU's
-    multiprocessors; no split in the interpreter unless given)."""
+    the kernel). ``topk_weights`` is flat (M * top_k,) fp32. With ``tma`` A is already in sorted order (row =
+    sorted position, :func:`gather_sorted_rows`) and A and B are read through tensor descriptors; with
+    ``c_sorted`` C's rows are sorted positions too. ``split_tail`` (needs ``num_sms``, the programs that run
+    at once) adds up to num_sms / 2 programs for half-width tiles of a sparse last wave."""
     n = c.shape[1]
     k = a.shape[1]
     em = sorted_token_ids.shape[0]
     bm, bn, bk = config["BLOCK_SIZE_M"], config["BLOCK_SIZE_N"], config["BLOCK_SIZE_K"]
     tiles = triton.cdiv(em, bm) * triton.cdiv(n, bn)  # the worst case: every row block holds tokens
-    if num_sms is None:
-        num_sms = multiprocessors(c.device)
-    # Waves of num_sms programs: big tiles (BLOCK_SIZE_M >= 64) hold a whole SM each. A split saves at most
-    # half a wave: worth it from one wave up to about 24 (measured on an H100, data/bench/). Half tiles
-    # need BLOCK_SIZE_N // 2 >= 16.
-    split_tail = (SPLIT_TAIL and num_sms is not None and bm >= 64 and bn >= 32
-                  and num_sms <= tiles <= 24 * num_sms)
-    grid = (tiles + (num_sms // 2 if split_tail else 0),)  # a split tail adds at most num_sms / 2 programs
+    grid = (tiles + (num_sms // 2 if split_tail else 0),)
     compute_fp32 = runtime.INTERPRET and a.dtype != torch.float32
-    use_pdl = runtime.pdl(c.device, topk_weights.shape[0])  # M * top_k rows
     a_desc = TensorDescriptor.from_tensor(a, [bm, bk]) if tma else None  # boxes of (BM, BK) rows of A
     b_desc = TensorDescriptor.from_tensor(b, [1, bn, bk]) if tma else None  # (1, BN, BK) of one expert
     b_half_desc = TensorDescriptor.from_tensor(b, [1, bn // 2, bk]) if tma and split_tail else None
@@ -475,9 +369,9 @@ def invoke_fused_moe_kernel(
             SPLIT_TAIL=split_tail,
             COMPUTE_FP32=compute_fp32,
             DOT_PRECISION="ieee" if (a.dtype == torch.float32 or compute_fp32) else "tf32",
-            BLOCK_SIZE_M=config["BLOCK_SIZE_M"],
-            BLOCK_SIZE_N=config["BLOCK_SIZE_N"],
-            BLOCK_SIZE_K=config["BLOCK_SIZE_K"],
+            BLOCK_SIZE_M=bm,
+            BLOCK_SIZE_N=bn,
+            BLOCK_SIZE_K=bk,
             GROUP_SIZE_M=config["GROUP_SIZE_M"],
             USE_PDL=use_pdl,
             launch_pdl=use_pdl,
@@ -486,204 +380,20 @@ def invoke_fused_moe_kernel(
         )
 
 
-#: Split a last wave that is at most half full into half-width tiles (see fused_moe_kernel).
-SPLIT_TAIL = True
-
-
-@functools.cache
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-def multiprocessors(device: torch.device) -> int | None:
-    """How many programs of a big tile run at once on this device: one per SM on a GPU. None in the
-    interpreter, which runs programs one after another (no waves to balance)."""
-    if runtime.INTERPRET or device.type != "cuda":
-        return None
-    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-
-
 def tma_usable(*tensors: torch.Tensor) -> bool:
-    """Whether tensor descriptors can describe these tensors here: a Hopper-or-newer GPU (or the
-    interpreter), unit stride in the last dimension, 16-byte aligned base and other strides."""
-    if not runtime.INTERPRET and not all(t.is_cuda and torch.cuda.get_device_capability(t.device)[0] >= 9
-                                         for t in tensors):
-        return False
+    """Whether tensor descriptors can describe these tensors' memory: unit stride in the last dimension,
+    16-byte aligned base and other strides (the device's side is :attr:`runtime.Target.hopper`)."""
     return all(
         t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(st * t.element_size() % 16 == 0 for st in t.stride()[:-1])
         for t in tensors
     )
 
 
-#: Let GEMM2 sum the k slots of each token itself where that is exact (see fuse_k_sum).
-FUSE_K_SUM = True
-
-
-def fuse_k_sum(top_k: int, dtype: torch.dtype) -> bool:
-    """Whether GEMM2 adds each slot's row straight into the (zeroed) output instead of writing (M*k, H)
-    rows for a second pass to sum. Atomic adds land in any order, and the order does not matter for two
-    terms only: 0 + a + b and 0 + b + a round the same in every float format (with three it can differ
-    in the last bit). The interpreter has no bf16 atomics: there the second pass stays. On an H100 this
-    saves the pass's read and write of (M*k, H) (and a launch): 1-2 % of the layer (data/bench/)."""
-    return FUSE_K_SUM and top_k <= 2 and not (runtime.INTERPRET and dtype == torch.bfloat16)
-
-
-_DECODE_LAYOUTS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def decode_layout(topk_ids: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """Alignment without the alignment kernel, for one token: its k slots get one block each.
-
-    A single token's k experts are distinct, so "sorting by expert" is just giving slot j block j:
-    sorted_token_ids = [0, pad.., 1, pad.., ...], expert_ids = topk_ids itself, a constant padded total.
-    Saves a launch on the decode path. The constant part is cached per (k, block, device); None (use the
-    kernel) when it is not cached yet and a CUDA graph is being captured.
-    """
-    top_k = topk_ids.shape[1]
-    key = (top_k, block_size, topk_ids.device)
-    if key not in _DECODE_LAYOUTS:
-        if topk_ids.is_cuda and torch.cuda.is_current_stream_capturing():
-            return None
-        sorted_ids = torch.full((top_k * block_size,), top_k, dtype=torch.int32, device=topk_ids.device)
-        sorted_ids[::block_size] = torch.arange(top_k, dtype=torch.int32, device=topk_ids.device)
-        total = torch.tensor([top_k * block_size], dtype=torch.int32, device=topk_ids.device)
-        _DECODE_LAYOUTS[key] = (sorted_ids, total)
-    sorted_ids, total = _DECODE_LAYOUTS[key]
-    return sorted_ids, topk_ids.reshape(-1).to(torch.int32), total
-
-
-def fused_experts(
-    hidden_states: torch.Tensor,
-    w13: torch.Tensor,
-    w2: torch.Tensor,
-    topk_weights: torch.Tensor,
-    topk_ids: torch.Tensor,
-    *,
-    expert_map: torch.Tensor | None = None,
-    config: dict | None = None,
-    check_ids: bool = True,
-) -> torch.Tensor:
-    """The experts of an MoE layer for already-routed tokens.
-
-    Args:
-        hidden_states: (M, H) tokens, fp32/fp16/bf16.
-        w13: (E, 2I, H) [w1; w3] per expert, same dtype; any strides.
-        w2: (E, H, I) per expert, same dtype; any strides.
-        topk_weights: (M, k) routing weights; topk_ids: (M, k) expert ids (global ids if expert_map).
-        expert_map: optional (E_global,) global -> local expert id, -1 for experts on other ranks.
-        config: kernel configuration (CONFIG_KEYS, optionally "down": GEMM2 overrides, "TMA": the sorted
-            layout read through tensor descriptors, used where the GPU and the strides allow it); default:
-            the tuned table for this shape and GPU, else a heuristic.
-        check_ids: verify on the host that ids lie in [0, E) (one device sync; turn off when capturing a
-            CUDA graph — out-of-range ids are then skipped by the alignment, never read out of bounds).
-
-    Returns:
-        (M, H) in the dtype of hidden_states: sum over k of weight * expert(x).
-    """
-    if check_ids:
-        num_tokens, hidden, inter, num_local, top_k = check_moe_args(
-            hidden_states, w13, w2, topk_weights, topk_ids, expert_map
-        )
-    else:
-        num_tokens, hidden = hidden_states.shape
-        num_local, inter, top_k = w13.shape[0], w13.shape[1] // 2, topk_ids.shape[1]
-    if not (hidden_states.dtype == w13.dtype == w2.dtype):
-        raise TypeError(
-            f"hidden_states ({hidden_states.dtype}), w13 ({w13.dtype}) and w2 ({w2.dtype}) must share a dtype"
-        )
-    check_kernel_device("hidden_states", hidden_states)
-    num_global = num_local if expert_map is None else expert_map.shape[0]
-    out = empty(num_tokens, hidden, dtype=hidden_states.dtype, device=hidden_states.device)
-    if num_tokens == 0:
-        return out
-    # With one (validated) expert per token GEMM2 writes the output directly. With two, it adds each
-    # slot's row into the output, cleared first; otherwise one row per (token, slot), summed at the end.
-    direct = top_k == 1 and check_ids
-    fused_sum = not direct and fuse_k_sum(top_k, out.dtype)
-    if fused_sum:
-        out.zero_()  # first, so that the kernels after it follow each other directly (runtime.pdl)
-    config_up, config_down = split_config(
-        config if config is not None
-        else get_config(num_tokens, num_global, inter, hidden, top_k, hidden_states.device)
-    )
-
-    layout = None
-    if num_tokens == 1 and expert_map is None:
-        layout = decode_layout(topk_ids, config_up["BLOCK_SIZE_M"])
-    if layout is None:
-        layout = moe_align_block_size(topk_ids, config_up["BLOCK_SIZE_M"], num_global, expert_map)
-    sorted_token_ids, expert_ids, num_tokens_post_padded = layout
-    weights = topk_weights.reshape(-1).to(torch.float32)  # (M * k,) indexed by flat id
-    partial = out if direct or fused_sum else empty(num_tokens * top_k, hidden, dtype=out.dtype, device=out.device)
-    c_rows_div = top_k if fused_sum else 1
-    routing = (weights, sorted_token_ids, expert_ids, num_tokens_post_padded)
-    row_bytes_ok = all(n * hidden_states.element_size() % 16 == 0 for n in (hidden, inter))  # a1 and act rows
-    if config_up.get("TMA", False) and row_bytes_ok and tma_usable(w13, w2):
-        # Large M: copy the tokens into sorted order once, so every A tile is a contiguous box that the
-        # copy engine fetches (a gather by pointers costs more, re-done for each column block of N).
-        # act stays in sorted order (one row per sorted position) for GEMM2, which scatters to flat ids.
-        a1 = gather_sorted_rows(hidden_states, sorted_token_ids, num_tokens_post_padded, top_k)  # (EM, H)
-        act = empty(a1.shape[0], inter, dtype=hidden_states.dtype, device=hidden_states.device)
-        invoke_fused_moe_kernel(a1, w13, act, *routing, a_rows_div=1, gated=True, mul_routed_weight=False,
-                                config=config_up, tma=True, c_sorted=True)
-        invoke_fused_moe_kernel(act, w2, partial, *routing, a_rows_div=1, c_rows_div=c_rows_div, gated=False,
-                                mul_routed_weight=True, config=config_down, tma=True)
-    else:
-        act = empty(num_tokens * top_k, inter, dtype=hidden_states.dtype, device=hidden_states.device)
-        # GEMM1 + SiLU-and-mul: act = silu(x @ w1[e].T) * (x @ w3[e].T), one row per (token, slot).
-        invoke_fused_moe_kernel(hidden_states, w13, act, *routing,
-                                a_rows_div=top_k, gated=True, mul_routed_weight=False, config=config_up)
-        # GEMM2, times the routing weight: partial = weight * act @ w2[e].T.
-        invoke_fused_moe_kernel(act, w2, partial, *routing, a_rows_div=1, c_rows_div=c_rows_div,
-                                gated=False, mul_routed_weight=True, config=config_down)
-    # Sum over the k experts of each token.
-    if direct or fused_sum:
-        return out
-    return moe_sum(partial.view(num_tokens, top_k, hidden), out, topk_ids, num_global)
-
-
-def fused_moe(
-    hidden_states: torch.Tensor,
-    w13: torch.Tensor,
-    w2: torch.Tensor,
-    router_logits: torch.Tensor,
-    top_k: int,
-    renormalize: bool = True,
-    *,
-    expert_map: torch.Tensor | None = None,
-    config: dict | None = None,
-    check_ids: bool = True,
-) -> torch.Tensor:
-    """Routing (fp32 softmax top-k, Triton) then :func:`fused_experts`."""
-    from ..routing import topk_softmax_triton
-
-    if isinstance(router_logits, torch.Tensor) and isinstance(hidden_states, torch.Tensor) and (
-        router_logits.dim() == 2 and router_logits.shape[0] != hidden_states.shape[0]
-    ):
-        raise ValueError(
-            f"router_logits has {router_logits.shape[0]} rows but hidden_states has {hidden_states.shape[0]} tokens"
-        )
-    topk_weights, topk_ids = topk_softmax_triton(router_logits, top_k, renormalize)
-    return fused_experts(hidden_states, w13, w2, topk_weights, topk_ids,
-                         expert_map=expert_map, config=config, check_ids=check_ids)
-
-
 __all__ = [
     "fused_moe_kernel",
-    "invoke_fused_moe_kernel",
-    "fused_experts",
-    "fused_moe",
-    "moe_sum",
-    "fuse_k_sum",
-    "multiprocessors",
     "grouped_tile",
+    "invoke_fused_moe_kernel",
     "gather_sorted_rows",
+    "moe_sum",
     "tma_usable",
-    "get_config",
-    "default_config",
-    "load_config_table",
-    "config_file_name",
-    "CONFIG_KEYS",
-    "split_config",
-    "FLOAT_DTYPES",
 ]

@@ -40,7 +40,7 @@ import triton
 
 from .. import runtime
 from ..config import MIXTRAL_8X7B
-from ..kernels.fused_moe import fused_moe, get_config
+from ..kernels.experts import fused_moe, make_plan
 from ..testing import rel_err, tolerance
 from .launch import NCCL_ENV_DEFAULTS
 from .shard import shard_w2, shard_w13
@@ -152,7 +152,8 @@ def _measure(x: torch.Tensor, logits: torch.Tensor, shard: tuple, full: tuple | 
     m, hidden = x.shape
     device = x.device
     w13_r, w2_r = shard
-    config = get_config(m, w13_r.shape[0], w2_r.shape[2], hidden, top_k, device)
+    config = make_plan(m, hidden, w2_r.shape[2], top_k, w13_r.shape[0], dtype=x.dtype,
+                       target=runtime.target(device)).config
     layer = functools.partial(_layer, x, w13_r, w2_r, logits, top_k, config)
     layer_and_reduce = functools.partial(_layer_and_reduce, x, w13_r, w2_r, logits, top_k, config)
 
@@ -178,7 +179,8 @@ def _measure(x: torch.Tensor, logits: torch.Tensor, shard: tuple, full: tuple | 
 
     base = None
     if full is not None:  # the baseline: rank 0 runs the whole layer alone while the others wait
-        config1 = get_config(m, full[0].shape[0], full[1].shape[2], hidden, top_k, device)
+        config1 = make_plan(m, hidden, full[1].shape[2], top_k, full[0].shape[0], dtype=x.dtype,
+                            target=runtime.target(device)).config
         whole = time_calls(functools.partial(_layer, x, *full, logits, top_k, config1), device, sync_ranks=False,
                            **timing)
         base = {"total_us": _median(whole), "config": config1}

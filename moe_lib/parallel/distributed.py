@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from .. import runtime
 from .._validate import check_int, check_tensor
-from ..kernels.fused_moe import fused_experts
-from ..routing import topk_softmax_triton
+from ..kernels.experts import fused_experts
+from ..kernels.routing import topk_softmax_triton
 from ..testing import randn, seeded, tolerance, verdict
 from .experts import EplbPlan, plan_eplb
 from .launch import launch

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from .._validate import check_int, check_tensor
-from ..kernels.fused_moe import fused_experts
+from ..kernels.experts import fused_experts
 from .experts import EplbPlan, expert_map, expert_ranges
 from .shard import shard_w2, shard_w13
 

@@ -17,7 +17,7 @@
 # # Solutions · 01 the gate
 #
 # Worked solutions to the exercises at the end of [01 · the gate](../01_gate.ipynb). Each solution goes
-# through the same `moe_lib.exercises` check as in the notebook, so each prints `PASS`. After each one, a
+# through the same `moe_lib.teach.exercises` check as in the notebook, so each prints `PASS`. After each one, a
 # wrong answer that learners often write, and what the check says about it.
 
 # %%
@@ -25,7 +25,7 @@ import moe_lib  # first: without a GPU it switches Triton to its interpreter, be
 
 import torch
 
-from moe_lib.exercises import check_gate_logits, check_logit_std
+from moe_lib.teach.exercises import check_gate_logits, check_logit_std
 from moe_lib.testing import randn, seeded
 
 # %% [markdown]

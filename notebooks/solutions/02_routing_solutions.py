@@ -17,7 +17,7 @@
 # # Solutions · 02 top-k routing
 #
 # Worked solutions to the exercises at the end of [02 · top-k routing](../02_routing.ipynb). Each solution
-# goes through the same `moe_lib.exercises` check as in the notebook, so each prints `PASS`. After each
+# goes through the same `moe_lib.teach.exercises` check as in the notebook, so each prints `PASS`. After each
 # one, a wrong answer that learners often write, and what the check says about it.
 
 # %%
@@ -25,7 +25,7 @@ import moe_lib  # first: without a GPU it switches Triton to its interpreter, be
 
 import torch
 
-from moe_lib.exercises import check_renormalize, check_topk_ids
+from moe_lib.teach.exercises import check_renormalize, check_topk_ids
 
 # %% [markdown]
 # ## Exercise 1 — the renormalization
@@ -54,7 +54,7 @@ check_renormalize(lambda topk_probs: topk_probs / topk_probs.sum(dim=-1, keepdim
 #
 # A **stable** sort keeps equal values in their original order, that is in expert-id order; sorting
 # descending and keeping the first $k$ columns gives "the largest, lower id first" — the same line that
-# `moe_lib.routing.topk_softmax` uses.
+# `moe_lib.kernels.routing.topk_softmax` uses.
 
 # %%
 def topk_ids(probs: torch.Tensor, k: int) -> torch.Tensor:

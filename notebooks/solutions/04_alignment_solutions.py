@@ -17,7 +17,7 @@
 # # Solutions · 04 alignment
 #
 # Worked solutions to the exercises at the end of [04 · alignment](../04_alignment.ipynb). Each solution
-# goes through the same `moe_lib.exercises` check as in the notebook, so each prints `PASS`. After each
+# goes through the same `moe_lib.teach.exercises` check as in the notebook, so each prints `PASS`. After each
 # one, a wrong answer that learners often write, and what the check says about it.
 
 # %%
@@ -25,7 +25,7 @@ import moe_lib  # first: without a GPU it switches Triton to its interpreter, be
 
 import torch
 
-from moe_lib.exercises import check_expert_slots, check_padded_total
+from moe_lib.teach.exercises import check_expert_slots, check_padded_total
 
 # %% [markdown]
 # ## Exercise 1 — the alignment of one expert

@@ -17,7 +17,7 @@
 # # Solutions · 05 the fused kernel
 #
 # Worked solutions to the exercises at the end of [05 · the fused kernel](../05_fused_kernel.ipynb). Each
-# solution goes through the same `moe_lib.exercises` check as in the notebook, so each prints `PASS`.
+# solution goes through the same `moe_lib.teach.exercises` check as in the notebook, so each prints `PASS`.
 # After each one, a wrong answer that learners often write, and what the check says about it.
 
 # %%
@@ -25,7 +25,7 @@ import moe_lib  # first: without a GPU it switches Triton to its interpreter, be
 
 import torch
 
-from moe_lib.exercises import check_b_offsets, check_tile_a_rows
+from moe_lib.teach.exercises import check_b_offsets, check_tile_a_rows
 
 # %% [markdown]
 # ## Exercise 1 — the A rows of a tile

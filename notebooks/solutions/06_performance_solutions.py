@@ -17,13 +17,13 @@
 # # Solutions · 06 performance
 #
 # The worked solution to the exercise at the end of [06 · performance](../06_performance.ipynb). It goes
-# through the same `moe_lib.exercises` check as in the notebook, so it prints `PASS`. After it, a wrong
+# through the same `moe_lib.teach.exercises` check as in the notebook, so it prints `PASS`. After it, a wrong
 # answer that learners often write, and what the check says about it.
 
 # %%
 import moe_lib  # first: without a GPU it switches Triton to its interpreter, before anything imports Triton
 
-from moe_lib.exercises import check_decode_floor
+from moe_lib.teach.exercises import check_decode_floor
 
 # %% [markdown]
 # ## Exercise 1 — the decode floor

@@ -17,7 +17,7 @@
 # # Solutions · 07 tensor parallel
 #
 # Worked solutions to the exercises at the end of [07 · tensor parallel](../07_tensor_parallel.ipynb). Each
-# solution goes through the same `moe_lib.exercises` check as in the notebook, so each prints `PASS`. After
+# solution goes through the same `moe_lib.teach.exercises` check as in the notebook, so each prints `PASS`. After
 # each one, a wrong answer that learners often write, and what the check says about it.
 
 # %%
@@ -25,7 +25,7 @@ import moe_lib  # first: without a GPU it switches Triton to its interpreter, be
 
 import torch
 
-from moe_lib.exercises import check_shard_w2, check_shard_w13
+from moe_lib.teach.exercises import check_shard_w2, check_shard_w13
 
 # %% [markdown]
 # ## Exercise 1 — shard w13 by hand

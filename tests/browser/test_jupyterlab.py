@@ -1,6 +1,6 @@
 """JupyterLab in a real browser: every notebook runs top to bottom, renders its figures, and its widgets answer.
 
-For each notebook in notebooks/ (not the solutions), and for a gallery of the `moe_lib.widgets` explorers:
+For each notebook in notebooks/ (not the solutions), and for a gallery of the `moe_lib.teach.widgets` explorers:
 open it in a throw-away workspace, run all cells, and check
 
 * every code cell ran, and no output is an error or stderr (in the notebook model and in the page);
@@ -33,7 +33,7 @@ WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
 GALLERY_CELLS = [
     "import moe_lib  # first: the Triton interpreter without a GPU\n"
-    "from moe_lib.widgets import alignment_explorer, routing_explorer, tp_explorer",
+    "from moe_lib.teach.widgets import alignment_explorer, routing_explorer, tp_explorer",
     "routing_explorer()",
     "alignment_explorer()",
     "tp_explorer()",
@@ -230,7 +230,7 @@ def test_notebook_runs_in_jupyterlab(page, lab_server, name, record_property):
 
 
 def test_widgets_gallery(page, lab_server):
-    """The moe_lib.widgets explorers, each in its own cell: rendered, and redrawn when a slider moves."""
+    """The moe_lib.teach.widgets explorers, each in its own cell: rendered, and redrawn when a slider moves."""
     _write_gallery()
     summary = _exercise(page, lab_server, GALLERY)
     assert len(summary["widgets"]) == 3, summary

@@ -1,15 +1,15 @@
 """Search kernel configurations on the GPU and write tuned tables for ``get_config``.
 
-    python -m moe_lib.tune                       # Mixtral: N = 14336/tp for tp in 1 2 4 8
-    python -m moe_lib.tune --tp 8 --m 1 16 64
+    python -m moe_lib.perf.tune                  # Mixtral: N = 14336/tp for tp in 1 2 4 8
+    python -m moe_lib.perf.tune --tp 8 --m 1 16 64
 
 For each (N, M) and each BLOCK_SIZE_M (shared by both GEMMs, since they walk the same aligned blocks),
-GEMM1 (x w13, gate and up) and GEMM2 (x w2) are timed *separately* over their candidates, each alone in
-a CUDA graph; the BLOCK_SIZE_M whose alignment + best GEMM1 + best GEMM2 is fastest wins. From M = 512 on
-each BLOCK_SIZE_M >= 64 is also tried with ``"TMA"`` (tokens copied into sorted order, tiles read through
-tensor descriptors), the copy's time counted. The table
-goes to ``moe_lib/kernels/configs/E=<E>,N=<N>,device_name=<gpu>.json`` mapping M to a config whose
-``"down"`` entry holds GEMM2's own tile sizes; ``get_config`` picks the nearest M.
+GEMM1 (x w13, gate and up) and GEMM2 (x w2) are timed *separately* over their candidates, each alone in a
+CUDA graph, as steps of the plan that ``fused_experts`` would run with that config; the BLOCK_SIZE_M whose
+alignment + best GEMM1 + best GEMM2 is fastest wins. From M = 512 on each BLOCK_SIZE_M >= 64 is also tried
+with ``"TMA"`` (tokens copied into sorted order, tiles read through tensor descriptors), the copy's time
+counted. The table goes to ``moe_lib/kernels/configs/E=<E>,N=<N>,device_name=<gpu>.json`` (vLLM's name)
+mapping M to a config whose ``"down"`` entry holds GEMM2's own tile sizes; the lookup picks the nearest M.
 """
 
 from __future__ import annotations
@@ -20,19 +20,12 @@ import json
 
 import torch
 
-from . import runtime
-from .bench import MIXTRAL, graph_us, make_weights
-from .kernels.align import moe_align_block_size
-from .kernels.fused_moe import (
-    CONFIG_DIR,
-    config_file_name,
-    fuse_k_sum,
-    gather_sorted_rows,
-    invoke_fused_moe_kernel,
-    load_config_table,
-    tma_usable,
-)
-from .routing import topk_softmax_triton
+from .. import runtime
+from ..kernels.configs import CONFIG_DIR, config_file_name, read_config_table
+from ..kernels.experts import plan_call
+from ..kernels.routing import topk_softmax_triton
+from .bench import MIXTRAL, make_weights
+from .timing import graph_us
 
 TUNE_M = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 SMEM_BYTES = 227 * 1024  # an H100 block's shared memory
@@ -74,57 +67,54 @@ def tma_choices(m: int, block_m: int) -> tuple[bool, ...]:
     return (False, True) if m >= 512 and block_m >= 64 else (False,)
 
 
-def _best(run_one, configs: list[dict]) -> tuple[float, dict]:
+def _best(time_one, configs: list[dict]) -> tuple[float, dict]:
     results = []
     for cfg in configs:
         try:
-            results.append((graph_us(lambda c=cfg: run_one(c)), cfg))
+            results.append((time_one(cfg), cfg))
         except Exception as exc:  # a candidate that does not compile or launch is skipped
             print(f"  skip {cfg}: {type(exc).__name__}")
     return min(results, key=lambda r: r[0])
 
 
-def tune_point(x, w13, w2, weights, ids, num_experts: int, top_k: int) -> tuple[float, dict]:
-    """The best config for one (weights, M), and the µs of alignment + GEMM1 + GEMM2 with it."""
-    m, h = x.shape
-    n = w2.shape[2]
-    act = torch.empty(m * top_k, n, device=x.device, dtype=x.dtype)
-    # GEMM2's output as fused_experts has it: the (M, H) output it adds into, or one row per (token, slot).
-    fused_sum = fuse_k_sum(top_k, x.dtype)
-    c2 = torch.zeros(m, h, device=x.device, dtype=x.dtype) if fused_sum else \
-        torch.empty(m * top_k, h, device=x.device, dtype=x.dtype)
-    flat_w = weights.reshape(-1)
+def _down(config: dict) -> dict:
+    """GEMM2's overrides: its config without the shared BLOCK_SIZE_M."""
+    return {key: v for key, v in config.items() if key != "BLOCK_SIZE_M"}
+
+
+def tune_point(x, w13, w2, weights, ids) -> tuple[float, dict]:
+    """The best config for one (weights, M), and the µs of alignment (+ gather) + GEMM1 + GEMM2 with it.
+
+    Every candidate runs through the plan (:func:`moe_lib.kernels.experts.plan_call`), so it is timed with
+    exactly the layout, k-sum, split and buffers that ``fused_experts`` would use with it."""
+    m = x.shape[0]
+
+    def bound(config):
+        b = plan_call(x, w13, w2, ids, None, config).bind(x, w13, w2, weights, ids)
+        b.run()  # real values in every buffer: GEMM2 reads what GEMM1 wrote
+        return b
+
     best = None
     for block_m, tma in ((bm, t) for bm in block_m_choices(m) for t in tma_choices(m, bm)):
-        routing = moe_align_block_size(ids, block_m, num_experts)
-        align_us = graph_us(lambda bm=block_m: moe_align_block_size(ids, bm, num_experts))
-        if tma and tma_usable(w13, w2):
-            # As fused_experts does it: tokens copied into sorted order, act kept in sorted order.
-            a1 = gather_sorted_rows(x, routing[0], routing[2], top_k)
-            gather_us = graph_us(lambda r=routing: gather_sorted_rows(x, r[0], r[2], top_k))
-            a, a_rows_div, mid = a1, 1, torch.empty(a1.shape[0], n, device=x.device, dtype=x.dtype)
-        elif tma:
-            continue
-        else:
-            gather_us, a, a_rows_div, mid = 0.0, x, top_k, act
-        # GEMM1 runs first: its output (real values, not garbage) is GEMM2's input.
-        up_us, up = _best(lambda c, r=routing, a=a, mid=mid, div=a_rows_div, t=tma: invoke_fused_moe_kernel(
-            a, w13, mid, flat_w, *r, a_rows_div=div, gated=True, mul_routed_weight=False, config=c,
-            tma=t, c_sorted=t), candidates(m, block_m, gated=True))
-        down_us, down = _best(lambda c, r=routing, mid=mid, t=tma: invoke_fused_moe_kernel(
-            mid, w2, c2, flat_w, *r, a_rows_div=1, c_rows_div=top_k if fused_sum else 1, gated=False,
-            mul_routed_weight=True, config=c, tma=t),
-            candidates(m, block_m, gated=False))
-        total = align_us + gather_us + up_us + down_us
+        first_down = _down(candidates(m, block_m, gated=False)[0])
+        probe = bound({**candidates(m, block_m, gated=True)[0], "TMA": tma, "down": first_down})
+        if tma and not probe.plan.tma:
+            continue  # descriptors are not possible here: the plan fell back to pointer loads
+        align_us = graph_us(probe.steps["align"]) + (graph_us(probe.steps["gather"]) if tma else 0.0)
+        # GEMM1's time does not depend on GEMM2's config, so each GEMM is searched on its own.
+        up_us, up = _best(lambda c, t=tma, d=first_down: graph_us(bound({**c, "TMA": t, "down": d}).steps["gemm1"]),
+                          candidates(m, block_m, gated=True))
+        down_us, down = _best(lambda c, t=tma, u=up: graph_us(bound({**u, "TMA": t, "down": _down(c)}).steps["gemm2"]),
+                              candidates(m, block_m, gated=False))
+        total = align_us + up_us + down_us
         if best is None or total < best[0]:
-            down_overrides = {key: v for key, v in down.items() if key != "BLOCK_SIZE_M"}
-            best = (total, {**up, **({"TMA": True} if tma else {}), "down": down_overrides})
+            best = (total, {**up, **({"TMA": True} if tma else {}), "down": _down(down)})
     return best
 
 
 def tune(tps=(1, 2, 4, 8), ms=TUNE_M, verbose=True) -> dict[int, dict]:
     if not runtime.HAS_CUDA:
-        raise SystemExit("moe_lib.tune needs a CUDA GPU")
+        raise SystemExit("moe_lib.perf.tune needs a CUDA GPU")
     gen = torch.Generator(device="cuda").manual_seed(0)
     e, k, h = MIXTRAL["num_experts"], MIXTRAL["top_k"], MIXTRAL["hidden"]
     name = runtime.device_name()
@@ -134,17 +124,16 @@ def tune(tps=(1, 2, 4, 8), ms=TUNE_M, verbose=True) -> dict[int, dict]:
         n = w2.shape[2]
         path = CONFIG_DIR / config_file_name(e, n, name)
         # Re-tuning some M keeps the other rows of an existing table.
-        table = {int(m): c for m, c in json.loads(path.read_text()).items()} if path.exists() else {}
+        table = read_config_table(path) if path.exists() else {}
         for m in ms:
             x = torch.randn(m, h, device="cuda", dtype=torch.bfloat16, generator=gen)
             logits = torch.randn(m, e, device="cuda", generator=gen)
             weights, ids = topk_softmax_triton(logits, k)
-            us, table[m] = tune_point(x, w13, w2, weights, ids, e, k)
+            us, table[m] = tune_point(x, w13, w2, weights, ids)
             if verbose:
                 print(f"tp={tp} N={n} M={m:>5}: {us:8.1f} us  {table[m]}", flush=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({str(m): table[m] for m in sorted(table)}, indent=1) + "\n")
-        load_config_table.cache_clear()
         written[n] = table
         if verbose:
             print(f"wrote {path.name}", flush=True)

@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from moe_lib import runtime
-from moe_lib.routing import softmax_fp32, topk_softmax, topk_softmax_triton
+from moe_lib.kernels.routing import softmax_fp32, topk_softmax, topk_softmax_triton
 from moe_lib.runtime import default_device
 
 IMPLS = [topk_softmax, topk_softmax_triton]

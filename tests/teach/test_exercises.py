@@ -1,4 +1,4 @@
-"""moe_lib.exercises: every checker accepts a correct solution, rejects typical wrong ones with the right
+"""moe_lib.teach.exercises: every checker accepts a correct solution, rejects typical wrong ones with the right
 explanation, and reports an unsolved stub as "not solved yet" without raising."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from moe_lib import exercises as ex
+from moe_lib.teach import exercises as ex
 
 
 # ----------------------------------------------------------------------------------------------------

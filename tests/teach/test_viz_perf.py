@@ -1,4 +1,4 @@
-"""moe_lib.viz_perf: each figure function returns a Figure, keeps pyplot's global state untouched, draws what
+"""moe_lib.teach.viz.perf: each figure function returns a Figure, keeps pyplot's global state untouched, draws what
 the data says (points on the roof where a run sits exactly at its floor, % of floor = floor / µs), draws
 the same picture for the same inputs, and rejects bad input by name. The recorded files of data/bench/
 that notebook 06 reads are drawn too."""
@@ -6,7 +6,6 @@ that notebook 06 reads are drawn too."""
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +13,11 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from moe_lib import viz_perf as vp
-from moe_lib.bench import MIXTRAL, floor_us, read_power_log
-from moe_lib.kernels.fused_moe import load_config_table
+from moe_lib.kernels.configs import load_config_table
+from moe_lib.perf.floors import MIXTRAL, floor_us
+from moe_lib.teach.viz import perf as vp
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "bench"
+DATA = Path(__file__).resolve().parents[2] / "data" / "bench"
 CEIL = {"copy_TBps": 3.0, "matmul_TFLOPs": 780.0}
 IMPLS = ("moe_lib", "grouped_mm", "loop")
 
@@ -211,41 +210,6 @@ def test_power_trace_marks_the_capped_samples_and_the_points(gen):
     assert _png(vp.power_trace(run, _log())) == _png(vp.power_trace(run, _log()))
 
 
-def test_power_log_round_trip(tmp_path):
-    path = tmp_path / "log.csv"
-    path.write_text("# a comment\nunix_s,sm_clock_MHz,power_W,temperature_C,throttle_reasons\n"
-                    "12.5,1980,120.5,40,0x0000000000000000\n13.0, 1500, 699.9, 55, 0x0000000000000004\n")
-    log = read_power_log(path)
-    assert log == {"unix_s": [12.5, 13.0], "sm_clock_MHz": [1980.0, 1500.0], "power_W": [120.5, 699.9],
-                   "temperature_C": [40.0, 55.0], "throttle_reasons": [0, 4]}
-    path.write_text("12.5,1980,120.5,40,0x0\n")
-    with pytest.raises(ValueError, match="header"):
-        read_power_log(path)
-    path.write_text("unix_s,sm_clock_MHz,power_W,temperature_C,throttle_reasons\n12.5,[N/A],120.5,40,0x0\n")
-    with pytest.raises(ValueError, match="line 2"):
-        read_power_log(path)
-
-
-# ----------------------------------------------------------------------------------------------------
-# The recorded files notebook 06 reads
-# ----------------------------------------------------------------------------------------------------
-def test_recorded_files_draw():
-    runs = {path.stem: json.loads(path.read_text()) for path in sorted(DATA.glob("NVIDIA_*.json"))}
-    reference = json.loads((DATA / "vllm_reference_H100.json").read_text())
-    assert reference["source"].startswith("measured by the maintainers")
-    tps = sorted({r["tp"] for r in reference["records"]})
-    for run in runs.values():
-        vp.roofline(run, reference=reference)
-        vp.latency_vs_reference(run, reference, tps=tps)
-        vp.time_above_floor(run, m=1, reference=reference)
-    vp.floor_fraction(runs, reference=reference)
-    h100 = runs["NVIDIA_H100_80GB_HBM3"]
-    assert reference["gpu"] == h100["gpu"]
-    vp.power_trace(h100, read_power_log(DATA / "power_NVIDIA_H100_80GB_HBM3.csv"))
-    timed = {(r["tp"], r["M"]) for r in h100["records"] if r["impl"] == "moe_lib" and r["us"]}
-    assert {(r["tp"], r["M"]) for r in reference["records"]} <= timed
-
-
 # ----------------------------------------------------------------------------------------------------
 # Bad input: a ValueError / TypeError that names the argument
 # ----------------------------------------------------------------------------------------------------
@@ -317,29 +281,3 @@ def test_bad_input_names_the_argument(call, exc, name):
 
 
 # ---- the GPU tools behind the recorded files (run on the device machine) ------------------------------
-@pytest.mark.gpu
-def test_gpu_breakdown_times_every_step_of_the_layer():
-    from moe_lib import bench
-
-    steps = bench.breakdown(8, 600, repeats=2)  # M = 600: the sorted (TMA) layout and the sum inside GEMM2
-    assert list(steps) == ["routing", "clear", "align", "gather", "gemm1", "gemm2", "sum_k", "layer"]
-    assert steps["sum_k"] == 0.0  # GEMM2 sums over k, into the cleared output
-    assert all(steps[name] > 0 for name in ("routing", "clear", "align", "gather", "gemm1", "gemm2", "layer"))
-
-
-@pytest.mark.gpu
-def test_gpu_tune_point_returns_a_valid_config(monkeypatch):
-    from moe_lib import tune
-    from moe_lib.kernels.fused_moe import split_config
-    from moe_lib.routing import topk_softmax_triton
-
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    w13, w2 = tune.make_weights(8, gen)
-    x = torch.randn(600, 4096, device="cuda", dtype=torch.bfloat16, generator=gen)
-    weights, ids = topk_softmax_triton(torch.randn(600, 8, device="cuda", dtype=torch.bfloat16, generator=gen), 2)
-    real = tune.candidates
-    monkeypatch.setattr(tune, "block_m_choices", lambda m: (64,))
-    monkeypatch.setattr(tune, "candidates", lambda m, bm, gated: real(m, bm, gated)[:1])  # one config per GEMM
-    us, config = tune.tune_point(x, w13, w2, weights, ids, 8, 2)
-    up, down = split_config(config)
-    assert us > 0 and up["BLOCK_SIZE_M"] == down["BLOCK_SIZE_M"] == 64

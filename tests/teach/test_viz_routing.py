@@ -1,4 +1,4 @@
-"""moe_lib.viz: each figure function returns a Figure with the expected axes and artists, draws the same
+"""moe_lib.teach.viz: each figure function returns a Figure with the expected axes and artists, draws the same
 picture for the same inputs, keeps pyplot's global state untouched, and rejects bad input by name."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from moe_lib import viz
 from moe_lib.config import MIXTRAL_8X7B, TINY
-from moe_lib.routing import softmax_fp32, topk_softmax
+from moe_lib.kernels.routing import softmax_fp32, topk_softmax
+from moe_lib.teach import viz
 
 SHAPES = [(1, 8, 2), (37, 8, 2), (16, 16, 4), (5, 4, 1)]  # (M, E, top_k)
 

@@ -15,8 +15,9 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ._validate import check_int, check_tensor
-from .config import MoEConfig
+from ..._validate import check_int, check_tensor
+from ...config import MoEConfig
+from ...perf.floors import expected_experts_touched
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _INTS = (torch.int32, torch.int64)
@@ -223,18 +224,6 @@ def token_probabilities(
     return fig
 
 
-def expected_experts_touched(num_experts: int, top_k: int, num_tokens: int) -> float:
-    """Expected number of distinct experts hit by ``num_tokens`` tokens routed uniformly at random.
-
-    One token misses a given expert with probability 1 - k/E, so M independent tokens all miss it with
-    probability (1 - k/E)^M.
-    """
-    check_int("num_experts", num_experts, low=1)
-    check_int("top_k", top_k, low=1, high=num_experts)
-    check_int("num_tokens", num_tokens, low=0)
-    return num_experts * (1.0 - (1.0 - top_k / num_experts) ** num_tokens)
-
-
 def weight_traffic(
     config: MoEConfig, token_counts: Sequence[int], *, ridge_flops_per_byte: float | None = None
 ) -> Figure:
@@ -258,7 +247,7 @@ def weight_traffic(
     E, k = config.num_experts, config.top_k
     expert_bytes = config.params_per_expert * config.bytes_per_element
     m = np.array(counts, dtype=np.float64)  # (n,)
-    touched = np.array([expected_experts_touched(E, k, c) for c in counts])  # (n,)
+    touched = np.array([expected_experts_touched(c, E, k) for c in counts])  # (n,)
     bytes_read = touched * expert_bytes  # (n,)
     flops = m * 2 * k * config.params_per_expert  # (n,) expert GEMMs only
     scale, unit = (1e9, "GB") if expert_bytes * E >= 1e8 else (1e6, "MB")
@@ -316,7 +305,6 @@ __all__ = [
     "expert_load",
     "routing_overview",
     "token_probabilities",
-    "expected_experts_touched",
     "weight_traffic",
     "moe_parameters",
 ]

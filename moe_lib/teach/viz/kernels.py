@@ -24,8 +24,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator
 
-from ._validate import check_int, check_tensor
-from .viz import GUIDE, OTHER, _check_str
+from ..._validate import check_int, check_tensor
+from .routing import GUIDE, OTHER, _check_str
 
 _INT_DTYPES = (torch.int32, torch.int64)
 

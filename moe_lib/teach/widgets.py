@@ -27,8 +27,8 @@ from collections.abc import Callable, Mapping
 import ipywidgets as W
 from matplotlib.figure import Figure
 
-from ._validate import check_int
-from .config import MIXTRAL_8X7B, MoEConfig
+from .._validate import check_int
+from ..config import MIXTRAL_8X7B, MoEConfig
 
 #: Resolution of the PNGs the explorers draw (the figures are sized in inches by moe_lib.viz*).
 DPI = 80
@@ -111,9 +111,9 @@ def routing_explorer(*, num_experts: int = 8, num_tokens: int = 32, top_k: int =
     check_int("num_tokens", num_tokens, low=1, high=256)
     check_int("top_k", top_k, low=1, high=num_experts)
     check_int("seed", seed, low=0, high=999)
+    from ..kernels.routing import topk_softmax
+    from ..testing import randn, seeded
     from . import viz
-    from .routing import topk_softmax
-    from .testing import randn, seeded
 
     def draw(num_tokens: int, top_k: int, seed: int) -> tuple[str, Figure]:
         logits = randn(num_tokens, num_experts, generator=seeded(seed))  # (M, E)
@@ -154,10 +154,10 @@ def alignment_explorer(
     check_int("block_m", block_m)
     if block_m not in BLOCK_M_CHOICES:
         raise ValueError(f"block_m must be one of {BLOCK_M_CHOICES}, got {block_m}")
-    from . import viz_kernels
-    from .kernels.align import moe_align_block_size_torch
-    from .routing import topk_softmax
-    from .testing import randn, seeded
+    from ..kernels.align import moe_align_block_size_torch
+    from ..kernels.routing import topk_softmax
+    from ..testing import randn, seeded
+    from .viz import kernels as viz_kernels
 
     def draw(block_m: int, num_tokens: int, seed: int) -> tuple[str, Figure]:
         _, ids = topk_softmax(randn(num_tokens, num_experts, generator=seeded(seed)), top_k)  # (M, k)
@@ -198,7 +198,7 @@ def tp_shard_table(config: MoEConfig, tp_size: int, num_tokens: int) -> str:
     check_int("num_tokens", num_tokens, low=1)
     import torch
 
-    from .parallel.shard import shard_w2, shard_w13
+    from ..parallel.shard import shard_w2, shard_w13
 
     E, H, I = config.num_experts, config.hidden_size, config.intermediate_size
     if I % tp_size:
@@ -237,7 +237,7 @@ def tp_explorer(config: MoEConfig = MIXTRAL_8X7B, *, tp_size: int = 2, num_token
     check_int("num_tokens", num_tokens)
     if num_tokens not in TOKEN_CHOICES:
         raise ValueError(f"num_tokens must be a power of two in [1, 4096], got {num_tokens}")
-    from . import viz_parallel
+    from .viz import parallel as viz_parallel
 
     def draw(tp_size: int, num_tokens: int) -> tuple[str, Figure]:
         text = tp_shard_table(config, tp_size, num_tokens)

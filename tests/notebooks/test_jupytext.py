@@ -12,7 +12,7 @@ from pathlib import Path
 import jupytext
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK_DIRS = [ROOT / "notebooks", ROOT / "notebooks" / "solutions"]
 NOTEBOOKS = sorted(p for d in NOTEBOOK_DIRS for p in d.glob("*.ipynb"))
 PAIRS = sorted(p for d in NOTEBOOK_DIRS for p in d.glob("*.py"))

@@ -1,4 +1,4 @@
-"""moe_lib.widgets: each explorer draws when built, and redraws when a control changes (no kernel needed)."""
+"""moe_lib.teach.widgets: each explorer draws when built, and redraws when a control changes (no kernel needed)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import base64
 import pytest
 from matplotlib.figure import Figure
 
-from moe_lib import widgets
 from moe_lib.config import MIXTRAL_8X7B, TINY
+from moe_lib.teach import widgets
 
 
 def _png(explorer) -> bytes:
@@ -68,7 +68,7 @@ def test_same_values_draw_the_same_picture():
 
 
 def test_routing_text_matches_the_library():
-    from moe_lib.routing import topk_softmax
+    from moe_lib.kernels.routing import topk_softmax
     from moe_lib.testing import randn, seeded
 
     explorer = widgets.routing_explorer(num_tokens=40, top_k=3, seed=11)
@@ -80,7 +80,7 @@ def test_routing_text_matches_the_library():
 
 def test_alignment_text_matches_the_library():
     from moe_lib.kernels.align import moe_align_block_size_torch
-    from moe_lib.routing import topk_softmax
+    from moe_lib.kernels.routing import topk_softmax
     from moe_lib.testing import randn, seeded
 
     explorer = widgets.alignment_explorer(num_tokens=20, block_m=4, seed=2)

@@ -14,8 +14,8 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from ._validate import check_int
-from .viz import GUIDE, _check_routing, _check_str, _dense_weights
+from ..._validate import check_int
+from .routing import GUIDE, _check_routing, _check_str, _dense_weights
 
 
 def _rank_colors(tp_size: int) -> list:

@@ -9,8 +9,8 @@ import torch
 
 from moe_lib.kernels import fused_experts, fused_moe, get_config
 from moe_lib.kernels.fused_moe import default_config
+from moe_lib.kernels.routing import topk_softmax
 from moe_lib.reference import moe_reference
-from moe_lib.routing import topk_softmax
 from moe_lib.runtime import default_device
 from moe_lib.testing import assert_close, tolerance
 

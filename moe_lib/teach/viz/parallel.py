@@ -21,8 +21,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
-from ._validate import check_int, check_tensor
-from .viz import GUIDE, _check_str
+from ..._validate import check_int, check_tensor
+from .routing import GUIDE, _check_str
 
 #: One colour per rank (Set2: soft, distinct from the expert colours).
 _RANK_CMAP = "Set2"
@@ -235,7 +235,7 @@ def expert_placement(
         num_logical: E (default: max + 1); fixes the colours.
         loads: optional (P,) rows each slot computes, written under the expert id.
     """
-    from .parallel.experts import expert_ranges
+    from ...parallel.experts import expert_ranges
 
     check_tensor("phys_to_log", phys_to_log, ndim=1, dtypes=(torch.int32, torch.int64))
     if phys_to_log.numel() == 0:

@@ -1,4 +1,4 @@
-"""moe_lib.viz_parallel: each figure function returns a Figure that shows what its inputs say, keeps pyplot's
+"""moe_lib.teach.viz.parallel: each figure function returns a Figure that shows what its inputs say, keeps pyplot's
 global state untouched, draws the same picture for the same inputs, and rejects bad input by name."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from moe_lib import viz_parallel as vp
 from moe_lib.parallel import expert_owner, plan_eplb, rank_loads
+from moe_lib.teach.viz import parallel as vp
 
 pytestmark = pytest.mark.usefixtures("no_pyplot_figures")
 

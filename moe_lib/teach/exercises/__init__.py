@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .testing import randn, rel_err, seeded
+from ...testing import randn, rel_err, seeded
 
 PASSED, FAILED, UNSOLVED = "passed", "failed", "unsolved"
 
@@ -465,7 +465,7 @@ def check_silu_and_mul(silu_and_mul) -> CheckResult:
 
 
 def _moe_forward_ref(x, w13, w2, topk_weights, topk_ids):
-    from .reference import moe_reference
+    from ...reference import moe_reference
 
     return moe_reference(x, w13, w2, topk_weights, topk_ids, fp64=True).to(x.dtype)
 
@@ -529,7 +529,7 @@ NB04_TOPK_IDS = torch.tensor([[4, 5], [5, 6], [7, 3], [5, 4], [6, 7], [5, 1]], d
 
 
 def _expert_slots_ref(topk_ids: torch.Tensor, expert: int, block_m: int) -> torch.Tensor:
-    from .kernels.align import moe_align_block_size_torch
+    from ...kernels.align import moe_align_block_size_torch
 
     num_experts = max(int(topk_ids.max()) + 1, expert + 1) if topk_ids.numel() else expert + 1
     sorted_ids, expert_ids, _ = moe_align_block_size_torch(topk_ids, block_m, num_experts)
@@ -646,7 +646,7 @@ def _a_rows_wrong(s, pid_m, b, k, v, *, divide=True, mod=False, mask=True, offse
 
 
 def _alignment_case(gen: torch.Generator, m: int, e: int, k: int, b: int, pid_m: int) -> tuple:
-    from .kernels.align import moe_align_block_size_torch
+    from ...kernels.align import moe_align_block_size_torch
 
     ids = _routed_ids(gen, m, e, k)
     sorted_ids = moe_align_block_size_torch(ids, b, e)[0]
@@ -658,7 +658,7 @@ def check_tile_a_rows(tile_a_rows) -> CheckResult:
     each of the ``block_m`` rows of row block ``pid_m`` reads in GEMM1 — ``flat_id // top_k`` — with -1 for
     padding slots (flat id >= num_valid) and for slots past the end of sorted_token_ids."""
     gen = seeded(505)
-    from .kernels.align import moe_align_block_size_torch
+    from ...kernels.align import moe_align_block_size_torch
 
     nb04 = moe_align_block_size_torch(NB04_TOPK_IDS, 4, 8)[0]  # (36,)
     cases = [
@@ -776,13 +776,13 @@ def check_decode_floor(decode_floor_us) -> CheckResult:
 # Notebook 07: tensor parallel
 # ----------------------------------------------------------------------------------------------------
 def _shard_w13_ref(w13, tp_size, rank):
-    from .parallel.shard import shard_w13
+    from ...parallel.shard import shard_w13
 
     return shard_w13(w13, tp_size, rank)
 
 
 def _shard_w2_ref(w2, tp_size, rank):
-    from .parallel.shard import shard_w2
+    from ...parallel.shard import shard_w2
 
     return shard_w2(w2, tp_size, rank)
 

@@ -1,4 +1,4 @@
-"""moe_lib.viz_kernels: each figure function returns a Figure drawn from fresh random inputs, keeps pyplot's
+"""moe_lib.teach.viz.kernels: each figure function returns a Figure drawn from fresh random inputs, keeps pyplot's
 global state untouched, draws the same picture for the same inputs, and rejects bad input by name."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from moe_lib import viz_kernels as vk
 from moe_lib.kernels.align import moe_align_block_size_torch
-from moe_lib.routing import topk_softmax
+from moe_lib.kernels.routing import topk_softmax
+from moe_lib.teach.viz import kernels as vk
 
 pytestmark = pytest.mark.usefixtures("no_pyplot_figures")
 

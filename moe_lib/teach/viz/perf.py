@@ -28,11 +28,13 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator
 
-from ._validate import check_int
-from .bench import IMPLS, M_VALUES, MIXTRAL, POWER_CAP_BIT, TP_VALUES, expected_experts_touched, floor_us
-from .kernels.fused_moe import split_config
-from .viz import GUIDE, OTHER, _check_str
-from .viz_kernels import IMPL_COLORS
+from ..._validate import check_int
+from ...kernels.configs import split_config
+from ...perf.bench import IMPLS, M_VALUES, TP_VALUES
+from ...perf.floors import MIXTRAL, expected_experts_touched, floor_us
+from ...perf.power import POWER_CAP_BIT
+from .kernels import IMPL_COLORS
+from .routing import GUIDE, OTHER, _check_str
 
 #: Colour and marker of the reference implementation (vLLM) in every figure.
 REFERENCE_COLOR, REFERENCE_LABEL = "black", "vLLM (reference)"

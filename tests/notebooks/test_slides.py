@@ -14,7 +14,7 @@ from pathlib import Path
 import jupytext
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SLIDE_NOTEBOOKS = sorted((ROOT / "notebooks").glob("0[0-9]_*.py"))
 SLIDE_TYPES = {"slide", "subslide", "fragment", "-", "skip", "notes"}
 

@@ -1,8 +1,8 @@
 """Benchmark of the whole MoE layer on a GPU, the way serving engines time it.
 
-    python -m moe_lib.bench                      # Mixtral shapes, TP 1/2/4/8, M = 1 ... 4096, bf16
-    python -m moe_lib.bench --tp 8 --m 1 64 --impl moe_lib
-    python -m moe_lib.bench --power-log clocks.csv   # also sample the SM clock and power draw (nvidia-smi)
+    python -m moe_lib.perf.bench                      # Mixtral shapes, TP 1/2/4/8, M = 1 ... 4096, bf16
+    python -m moe_lib.perf.bench --tp 8 --m 1 64 --impl moe_lib
+    python -m moe_lib.perf.bench --power-log clocks.csv   # also sample the SM clock and power draw (nvidia-smi)
 
 Each point: a CUDA graph of ``--calls`` layer calls (routing + alignment + GEMMs + activation + sum
 over k) captured once; before each replay a fresh batch of router logits is copied into the graph's
@@ -25,45 +25,28 @@ import argparse
 import contextlib
 import datetime
 import json
-import shutil
 import statistics
-import subprocess
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import triton
 
-from . import runtime
-from .kernels.fused_moe import fused_experts, get_config
-from .reference import silu_and_mul
-from .routing import topk_softmax_triton
+from .. import runtime
+from ..kernels.experts import fused_experts, make_plan, plan_call
+from ..kernels.routing import topk_softmax_triton
+from ..reference import silu_and_mul
+from .floors import MIXTRAL, floor_us
+from .power import PowerLog
+from .timing import graph_us, time_calls
 
-MIXTRAL = dict(num_experts=8, top_k=2, hidden=4096, intermediate=14336)
 M_VALUES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 TP_VALUES = (1, 2, 4, 8)
 IMPLS = ("moe_lib", "grouped_mm", "loop")
-DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "bench"
+DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "bench"
 
 
 # ---- ceilings --------------------------------------------------------------------------------------
-def _time_events(fn: Callable[[], None], reps: int = 20, warmup: int = 3) -> list[float]:
-    """Per-call times in µs, measured with CUDA events."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
-    return times
-
-
 def measure_ceilings(sustained: bool = False) -> dict[str, float]:
     """Copy bandwidth (TB/s, read + write) and bf16 matmul rate (TFLOP/s) of this card, now: 20 calls of
     each (about 30 ms of matmuls). ``sustained`` adds ``matmul_sustained_TFLOPs``: the matmul timed the way the
@@ -72,96 +55,15 @@ def measure_ceilings(sustained: bool = False) -> dict[str, float]:
     n = 1 << 30  # 1 GiB
     src = torch.empty(n, dtype=torch.uint8, device="cuda").random_(0, 255)
     dst = torch.empty_like(src)
-    copy_us = statistics.median(_time_events(lambda: dst.copy_(src)))
+    copy_us = statistics.median(time_calls(lambda: dst.copy_(src)))
     size = 8192
     a = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
-    mm_us = statistics.median(_time_events(lambda: torch.mm(a, b)))
+    mm_us = statistics.median(time_calls(lambda: torch.mm(a, b)))
     result = {"copy_TBps": 2 * n / copy_us / 1e6, "matmul_TFLOPs": 2 * size**3 / mm_us / 1e6}
     if sustained:
         result["matmul_sustained_TFLOPs"] = 2 * size**3 / graph_us(lambda: torch.mm(a, b), 10, 20) / 1e6
     return result
-
-
-# ---- clocks and power ------------------------------------------------------------------------------
-POWER_LOG_COLUMNS = ("unix_s", "sm_clock_MHz", "power_W", "temperature_C", "throttle_reasons")
-#: nvidia-smi's throttle-reason bit for "software power cap": the card holds itself to its power limit.
-POWER_CAP_BIT = 0x4
-
-
-class PowerLog:
-    """While the ``with`` block runs, sample the GPU's SM clock, power draw, temperature and throttle reasons
-    (nvidia-smi, about every ``period`` s, from a background thread) into a CSV file with a header line:
-    the clocks a benchmark ran at, to line up with its records' ``t_s`` (see notebook 06)."""
-
-    def __init__(self, path, period: float = 0.2, gpu: int = 0):
-        self.path, self.period, self.gpu = Path(path), period, gpu
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        query = ["nvidia-smi", f"--id={self.gpu}", "--format=csv,noheader,nounits",
-                 "--query-gpu=clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active"]
-        with self.path.open("w") as f:
-            f.write(",".join(POWER_LOG_COLUMNS) + "\n")
-            while not self._stop.is_set():
-                now = time.time()
-                reply = subprocess.run(query, capture_output=True, text=True, check=False).stdout.strip()
-                if reply:
-                    f.write(f"{now:.3f}," + ",".join(v.strip() for v in reply.split(",")) + "\n")
-                    f.flush()
-                self._stop.wait(self.period)
-
-    def __enter__(self) -> PowerLog:
-        if shutil.which("nvidia-smi") is None:
-            raise SystemExit("--power-log needs nvidia-smi")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def read_power_log(path) -> dict[str, list]:
-    """A :class:`PowerLog` file as columns: ``unix_s``, ``sm_clock_MHz``, ``power_W``, ``temperature_C``
-    (floats) and ``throttle_reasons`` (ints); lines starting with ``#`` are comments."""
-    columns = {name: [] for name in POWER_LOG_COLUMNS}
-    lines = [line for line in Path(path).read_text().splitlines() if line.strip() and not line.startswith("#")]
-    if not lines or lines[0].split(",") != list(POWER_LOG_COLUMNS):
-        raise ValueError(f"{path}: the first line must be the header {','.join(POWER_LOG_COLUMNS)}")
-    for number, line in enumerate(lines[1:], start=2):
-        values = [v.strip() for v in line.split(",")]
-        if len(values) != len(POWER_LOG_COLUMNS):
-            raise ValueError(f"{path}: line {number} has {len(values)} fields, expected {len(POWER_LOG_COLUMNS)}")
-        try:
-            for name, v in zip(POWER_LOG_COLUMNS[:-1], values, strict=False):
-                columns[name].append(float(v))
-            columns["throttle_reasons"].append(int(values[-1], 16))
-        except ValueError:
-            raise ValueError(f"{path}: line {number} is not numeric: {line!r}") from None
-    return columns
-
-
-# ---- floors ----------------------------------------------------------------------------------------
-def expected_experts_touched(m: int, num_experts: int, top_k: int) -> float:
-    """Expected number of distinct experts that M uniformly routed tokens hit."""
-    return num_experts * (1 - (1 - top_k / num_experts) ** m)
-
-
-def floor_us(m: int, tp: int, ceilings: dict[str, float], shape: dict = MIXTRAL,
-             experts: float | None = None) -> dict[str, float]:
-    """Bytes over bandwidth (the touched experts' weights, once) and FLOPs over the matmul rate. ``experts``:
-    how many distinct experts the routing touched (default: the expectation for uniform routing)."""
-    e, k, h, n = shape["num_experts"], shape["top_k"], shape["hidden"], shape["intermediate"] // tp
-    bytes_per_expert = 3 * h * n * 2  # w1, w3, w2 in bf16
-    weight_bytes = (expected_experts_touched(m, e, k) if experts is None else experts) * bytes_per_expert
-    flops = 2 * m * k * 3 * h * n
-    mem = weight_bytes / (ceilings["copy_TBps"] * 1e12) * 1e6
-    mma = flops / (ceilings["matmul_TFLOPs"] * 1e12) * 1e6
-    return {"weight_bytes": weight_bytes, "flops": flops, "memory_us": mem, "compute_us": mma,
-            "floor_us": max(mem, mma)}
 
 
 # ---- implementations: each maps (x, w13, w2, logits, top_k) -> (M, H) ------------------------------
@@ -207,127 +109,68 @@ LAYERS = {"moe_lib": layer_moe_lib, "loop": layer_loop, "grouped_mm": layer_grou
 def time_layer_graph(fn, x, w13, w2, top_k, calls=10, replays=20, logits_pool=None, config=None) -> float:
     """µs per layer call: a CUDA graph of `calls` calls, a fresh routing input before each replay."""
     logits = logits_pool[0].clone()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # warm up (compiles the kernels) outside the graph
-        for _ in range(2):
-            fn(x, w13, w2, logits, top_k, config)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn(x, w13, w2, logits, top_k, config)
-    times = []
-    for i in range(replays + 2):
-        logits.copy_(logits_pool[i % len(logits_pool)])
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        if i >= 2:
-            times.append(start.elapsed_time(end) * 1e3 / calls)
-    del graph
-    return statistics.median(times)
+    replay = iter(range(10**9))
+
+    def fresh_logits():
+        logits.copy_(logits_pool[next(replay) % len(logits_pool)])
+
+    return graph_us(lambda: fn(x, w13, w2, logits, top_k, config), calls, replays, warmup=2, before_each=fresh_logits)
 
 
 def time_layer_eager(fn, x, w13, w2, top_k, replays=20, logits_pool=None, config=None) -> float:
     logits = logits_pool[0].clone()
+    replay = iter(range(10**9))
 
-    def call():
-        fn(x, w13, w2, logits, top_k, config)
+    def fresh_logits():
+        logits.copy_(logits_pool[next(replay) % len(logits_pool)])
 
-    times = []
-    for i in range(replays + 2):
-        logits.copy_(logits_pool[i % len(logits_pool)])
-        times.extend(_time_events(call, reps=1, warmup=0))
-    return statistics.median(times[2:])
+    return statistics.median(time_calls(lambda: fn(x, w13, w2, logits, top_k, config), reps=replays, warmup=2,
+                                        before_each=fresh_logits))
 
 
-def time_steps(num_tokens: int = 8192, num_experts: int = 8, top_k: int = 2, block_size: int = 64) -> dict:
-    """µs of the small steps alone: routing and alignment (eager launches and inside a CUDA graph)."""
-    from .kernels.align import moe_align_block_size
-
-    gen = torch.Generator(device="cuda").manual_seed(1)
-    logits = torch.randn(num_tokens, num_experts, device="cuda", generator=gen)
-    _, ids = topk_softmax_triton(logits, top_k)
-    steps = {
-        "routing": lambda: topk_softmax_triton(logits, top_k),
-        "align": lambda: moe_align_block_size(ids, block_size, num_experts),
-    }
-    out = {}
-    for name, fn in steps.items():
-        out[f"{name}_eager_us"] = statistics.median(_time_events(fn, reps=50, warmup=5))
-        graph = torch.cuda.CUDAGraph()
-        fn()
-        torch.cuda.synchronize()
-        with torch.cuda.graph(graph):
-            for _ in range(10):
-                fn()
-        out[f"{name}_graph_us"] = statistics.median(_time_events(graph.replay, reps=50, warmup=3)) / 10
-    return {"num_tokens": num_tokens, "num_experts": num_experts, "top_k": top_k, "block_size": block_size, **out}
-
-
-def graph_us(fn: Callable[[], object], repeats: int = 10, reps: int = 5) -> float:
-    """µs per call of `fn`, captured `repeats` times in one CUDA graph (no launch gaps), median replay."""
-    fn()  # compile / warm up outside the graph
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(repeats):
-            fn()
-    us = statistics.median(_time_events(graph.replay, reps=reps, warmup=1)) / repeats
-    del graph
-    return us
-
-
-def breakdown(tp: int, m: int, config: dict | None = None, repeats: int = 20) -> dict[str, float]:
-    """µs of each step of one layer call (each step alone in a CUDA graph of `repeats` launches)."""
-    from .kernels.align import moe_align_block_size
-    from .kernels.fused_moe import (
-        fuse_k_sum,
-        gather_sorted_rows,
-        invoke_fused_moe_kernel,
-        moe_sum,
-        split_config,
-        tma_usable,
-    )
-
-    gen = torch.Generator(device="cuda").manual_seed(2)
+def bound_layer(tp: int, m: int, config: dict | None = None, seed: int = 2, **options):
+    """Mixtral's layer at (tp, M) as one bound plan (:mod:`moe_lib.kernels.experts`), run once: the tensors
+    and the steps of a real call. ``options``: the plan's policy keywords."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
     e, k, h = MIXTRAL["num_experts"], MIXTRAL["top_k"], MIXTRAL["hidden"]
     w13, w2 = make_weights(tp, gen)
-    n = w2.shape[2]
-    config = config or get_config(m, e, n, h, k, "cuda")
-    config_up, config_down = split_config(config)
     x = torch.randn(m, h, device="cuda", dtype=torch.bfloat16, generator=gen)
     logits = torch.randn(m, e, device="cuda", dtype=torch.bfloat16, generator=gen)
     weights, ids = topk_softmax_triton(logits, k)
-    bm = config_up["BLOCK_SIZE_M"]
-    routing = moe_align_block_size(ids, bm, e)
-    flat_w = weights.reshape(-1)
-    tma = config_up.get("TMA", False) and tma_usable(w13, w2)
-    if tma:  # the sorted layout, as fused_experts runs it
-        a, a_rows_div = gather_sorted_rows(x, routing[0], routing[2], k), 1
-    else:
-        a, a_rows_div = x, k
-    act = torch.empty(a.shape[0] if tma else m * k, n, device="cuda", dtype=torch.bfloat16)
-    out = torch.zeros(m, h, device="cuda", dtype=torch.bfloat16)
-    fused = fuse_k_sum(k, out.dtype)  # GEMM2 adds into the cleared output, or writes rows for a sum pass
-    partial = out if fused else torch.empty(m * k, h, device="cuda", dtype=torch.bfloat16)
-    steps = {
-        "routing": lambda: topk_softmax_triton(logits, k),
-        "clear": (lambda: out.zero_()) if fused else None,
-        "align": lambda: moe_align_block_size(ids, bm, e),
-        "gather": (lambda: gather_sorted_rows(x, routing[0], routing[2], k)) if tma else None,
-        "gemm1": lambda: invoke_fused_moe_kernel(a, w13, act, flat_w, *routing, a_rows_div=a_rows_div, gated=True,
-                                                 mul_routed_weight=False, config=config_up, tma=tma, c_sorted=tma),
-        "gemm2": lambda: invoke_fused_moe_kernel(act, w2, partial, flat_w, *routing, a_rows_div=1,
-                                                 c_rows_div=k if fused else 1, gated=False,
-                                                 mul_routed_weight=True, config=config_down, tma=tma),
-        "sum_k": None if fused else (lambda: moe_sum(partial.view(m, k, h), out, ids, e)),
-        "layer": lambda: layer_moe_lib(x, w13, w2, logits, k, config),
-    }
-    return {name: graph_us(fn, repeats, reps=10) if fn else 0.0 for name, fn in steps.items()}
+    bound = plan_call(x, w13, w2, ids, None, config, **options).bind(x, w13, w2, weights, ids)
+    bound.run()
+    return bound, (x, w13, w2, logits)
+
+
+def time_steps(num_tokens: int = 8192, tp: int = 8) -> dict:
+    """µs of the small steps alone at Mixtral's shape: routing and the plan's alignment, eager launches and
+    inside a CUDA graph."""
+    bound, (_x, _w13, _w2, logits) = bound_layer(tp, num_tokens)
+    k = MIXTRAL["top_k"]
+    steps = {"routing": lambda: topk_softmax_triton(logits, k), "align": bound.steps["align"]}
+    out = {}
+    for name, fn in steps.items():
+        out[f"{name}_eager_us"] = statistics.median(time_calls(fn, reps=50, warmup=5))
+        out[f"{name}_graph_us"] = graph_us(fn, 10, 50, warmup=3)
+    return {"num_tokens": num_tokens, "num_experts": MIXTRAL["num_experts"], "top_k": k,
+            "block_size": bound.plan.block_m, **out}
+
+
+#: The columns of a breakdown: routing, then every step a plan can have, then the whole layer.
+BREAKDOWN_COLUMNS = ("routing", "clear", "align", "gather", "gemm1", "gemm2", "sum_k", "layer")
+
+
+def breakdown(tp: int, m: int, config: dict | None = None, repeats: int = 20, **options) -> dict[str, float]:
+    """µs of each step of one layer call — the plan's own steps, each alone in a CUDA graph of `repeats`
+    launches — plus routing and the whole layer; a step the plan does not have is 0."""
+    bound, (x, w13, w2, logits) = bound_layer(tp, m, config, **options)
+    k = MIXTRAL["top_k"]
+    times = {"routing": graph_us(lambda: topk_softmax_triton(logits, k), repeats, reps=10)}
+    for name in BREAKDOWN_COLUMNS[1:-1]:
+        fn = bound.steps.get(name)
+        times[name] = graph_us(fn, repeats, reps=10) if fn else 0.0
+    times["layer"] = graph_us(lambda: layer_moe_lib(x, w13, w2, logits, k, bound.plan.config), repeats, reps=10)
+    return times
 
 
 def make_weights(tp: int, gen: torch.Generator, shape: dict = MIXTRAL):
@@ -374,14 +217,15 @@ def run(tps=TP_VALUES, ms=M_VALUES, impls=IMPLS, calls=10, replays=20, out_path=
             # At small M the floor depends on how many distinct experts each drawn routing touches: the
             # floor of a point is the median, over the timed replays, of the floor of the routing replayed.
             touched = [topk_softmax_triton(lg, top_k)[1].unique().numel() for lg in pool]
-            replayed = [touched[i % len(pool)] for i in range(2, replays + 2)]
+            replayed = [touched[i % len(pool)] for i in range(replays)]  # the pool entries the timed replays use
             fl = floor_us(m, tp, ceilings, experts=statistics.median(replayed))
             expected = floor_us(m, tp, ceilings)["floor_us"]
             for impl in impls:
                 fn = LAYERS[impl]
                 if impl == "grouped_mm" and not hasattr(torch, "_grouped_mm"):
                     continue
-                config = get_config(m, e, n, h, top_k, "cuda") if impl == "moe_lib" else None
+                config = make_plan(m, h, n, top_k, e, dtype=x.dtype, target=runtime.target(x.device)).config \
+                    if impl == "moe_lib" else None
                 try:
                     if impl == "loop":
                         us = time_layer_eager(fn, x, w13, w2, top_k, replays, pool, config)
@@ -429,8 +273,7 @@ def main(argv=None) -> None:
     p.add_argument("--power-log", default=None, help="CSV path: sample clocks and power during the run (nvidia-smi)")
     a = p.parse_args(argv)
     if a.breakdown:
-        names = ("routing", "clear", "align", "gather", "gemm1", "gemm2", "sum_k", "layer")
-        print(f"{'tp':>3} {'M':>5}  " + "  ".join(f"{name:>8}" for name in names))
+        print(f"{'tp':>3} {'M':>5}  " + "  ".join(f"{name:>8}" for name in BREAKDOWN_COLUMNS))
         for tp in a.tp:
             for m in a.m:
                 r = breakdown(tp, m)

@@ -18,10 +18,10 @@ import torch
 import triton
 import triton.language as tl
 
-from . import runtime
-from ._alloc import empty
-from ._validate import FLOAT_DTYPES, check_int, check_kernel_device, check_tensor
-from .runtime import pdl_start
+from .. import runtime
+from .._alloc import empty
+from .._validate import FLOAT_DTYPES, check_int, check_kernel_device, check_tensor
+from ..runtime import pdl_start
 
 
 def _check_routing_args(router_logits, top_k: int, renormalize: bool) -> None:

@@ -1,0 +1,375 @@
+"""The experts of an MoE layer for routed tokens: ONE plan decides how a call runs, then its steps run.
+
+    make_plan(shapes, dtype, target, config, ...)  ->  Plan        pure: every decision, no tensors touched
+    plan.bind(x, w13, w2, topk_weights, topk_ids)   ->  BoundPlan   buffers allocated, one closure per step
+    bound.run()                                     ->  (M, H)      the steps in order
+
+:func:`fused_experts` is exactly that. The benchmark's breakdown times ``bound.steps`` one by one and the tuner
+searches configs through ``make_plan``, so all three run the same decisions — and because a plan is computed
+from shapes and a :class:`~moe_lib.runtime.Target`, CPU tests check every GPU decision too.
+
+The steps, for M tokens routed to top_k experts each::
+
+    clear    out (M, H) = 0                                  only when GEMM2 adds into it ("atomic" k-sum)
+    align    topk_ids (M, k) -> sorted_token_ids, expert_ids, num_tokens_post_padded
+             (one token: its k experts are distinct, slot j simply gets block j: no kernel, "decode" layout)
+    gather   a1 (EM, H) = x in sorted order                  only with the TMA layout
+    gemm1    act = silu(x @ w1[e].T) * (x @ w3[e].T)         (M*k, I), or (EM, I) in sorted order with TMA
+    gemm2    weight * act @ w2[e].T  -> out (top_k 1: "direct"; top_k 2: "atomic" add) or partial (M*k, H)
+    sum_k    out = sum over k of partial                     only for the "pass" k-sum (top_k >= 3)
+
+No decision changes a bit of the result: each is a different schedule of the same arithmetic.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+
+import torch
+import triton
+
+from .. import runtime
+from .._alloc import empty
+from .._validate import check_kernel_device, check_moe_args
+from ..runtime import Target
+from .align import align_sizes, moe_align_block_size
+from .configs import get_config, split_config
+from .fused_moe import gather_sorted_rows, invoke_fused_moe_kernel, moe_sum, tma_usable
+from .routing import topk_softmax_triton
+
+#: Every step a plan can have, in the order they run.
+STEPS = ("clear", "align", "gather", "gemm1", "gemm2", "sum_k")
+#: How the sum over each token's k expert outputs is made.
+K_SUMS = ("direct", "atomic", "pass")
+#: A split last wave saves at most half a wave: worth it from one wave up to about this many (H100, history).
+SPLIT_TAIL_MAX_WAVES = 24
+
+
+@dataclass(frozen=True)
+class GemmStep:
+    """One launch of :func:`~moe_lib.kernels.fused_moe.fused_moe_kernel`, as the plan decided it."""
+
+    config: dict  # the six tile keys (configs.CONFIG_KEYS)
+    n: int  # columns of C
+    a_rows_div: int  # flat id -> A row
+    c_rows_div: int  # flat id -> C row (top_k: add into the token's row)
+    gated: bool
+    mul_routed_weight: bool
+    tma: bool
+    c_sorted: bool
+    split_tail: bool
+
+    def launch_args(self) -> dict:
+        return dict(a_rows_div=self.a_rows_div, c_rows_div=self.c_rows_div, gated=self.gated,
+                    mul_routed_weight=self.mul_routed_weight, config=self.config, tma=self.tma,
+                    c_sorted=self.c_sorted, split_tail=self.split_tail)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every decision of one fused-experts call. Built by :func:`make_plan`; run with :meth:`bind`."""
+
+    num_tokens: int
+    hidden: int
+    inter: int
+    top_k: int
+    num_experts: int  # ids are in [0, num_experts) (global ids when there is an expert_map)
+    num_local: int  # experts in w13 / w2
+    dtype: torch.dtype
+    target: Target
+    config: dict  # the whole config (validated), as given or looked up
+    layout: str  # "empty" (M = 0), "decode" (one token, no kernel) or "align"
+    tma: bool  # tokens copied into sorted order, tiles read through tensor descriptors
+    k_sum: str  # one of K_SUMS
+    pdl: bool  # programmatic dependent launch for every kernel of the call
+    sorted_len: int  # EM: length of sorted_token_ids
+    gemm1: GemmStep | None
+    gemm2: GemmStep | None
+    steps: tuple[str, ...]
+    buffers: dict[str, tuple[int, ...]] = field(default_factory=dict)  # name -> shape, in dtype
+
+    @property
+    def block_m(self) -> int:
+        return self.config["BLOCK_SIZE_M"]
+
+    def describe(self) -> str:
+        """One line per decision, for notebooks and error messages."""
+        if self.layout == "empty":
+            return "no tokens: nothing to run"
+        lines = [f"steps    : {' -> '.join(self.steps)}",
+                 f"layout   : {self.layout}, BLOCK_SIZE_M {self.block_m}, {self.sorted_len} sorted rows"
+                 + (", TMA (sorted copy, tensor descriptors)" if self.tma else ""),
+                 f"k-sum    : {self.k_sum}", f"PDL      : {self.pdl}"]
+        for name, g in (("gemm1", self.gemm1), ("gemm2", self.gemm2)):
+            c = g.config
+            lines.append(f"{name}    : N={g.n} tiles {c['BLOCK_SIZE_M']}x{c['BLOCK_SIZE_N']}x{c['BLOCK_SIZE_K']}, "
+                         f"group {c['GROUP_SIZE_M']}, {c['num_warps']} warps, {c['num_stages']} stages"
+                         + (", split tail" if g.split_tail else ""))
+        lines.append("buffers  : " + (", ".join(f"{k} {v}" for k, v in self.buffers.items()) or "none"))
+        return "\n".join(lines)
+
+    def bind(self, hidden_states: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
+             topk_ids: torch.Tensor, expert_map: torch.Tensor | None = None) -> BoundPlan:
+        """Allocate the plan's buffers and the output for these (already validated) tensors."""
+        return BoundPlan(self, hidden_states, w13, w2, topk_weights, topk_ids, expert_map)
+
+
+def _split_tail(target: Target, sorted_len: int, n: int, config: dict, allowed: bool) -> bool:
+    """Whether a sparse last wave of this GEMM runs as half-width tiles: on a GPU (waves exist), big tiles
+    (BLOCK_SIZE_M >= 64 holds an SM), half tiles still >= 16 wide, and 1 to SPLIT_TAIL_MAX_WAVES waves."""
+    if not allowed or target.num_sms is None:
+        return False
+    bm, bn = config["BLOCK_SIZE_M"], config["BLOCK_SIZE_N"]
+    tiles = triton.cdiv(sorted_len, bm) * triton.cdiv(n, bn)
+    return bm >= 64 and bn >= 32 and target.num_sms <= tiles <= SPLIT_TAIL_MAX_WAVES * target.num_sms
+
+
+@functools.lru_cache(maxsize=1024)
+def _make_plan(num_tokens, hidden, inter, top_k, num_experts, num_local, dtype, target, config_json, has_expert_map,
+               ids_checked, descriptors_ok, split_tail, fuse_k_sum, pdl, config_dir) -> Plan:
+    if config_json is None:
+        config = get_config(num_tokens, num_experts, inter, hidden, top_k, device_name=target.name,
+                            interpret=target.interpret, config_dir=config_dir)
+    else:
+        config = json.loads(config_json)
+    up, down = split_config(config)
+    up.pop("TMA", None)
+    if num_tokens == 0:
+        return Plan(num_tokens, hidden, inter, top_k, num_experts, num_local, dtype, target, config, "empty", False,
+                    "direct", False, 0, None, None, ())
+    rows = num_tokens * top_k
+    # The sum over k. One (validated) expert per token: GEMM2 writes the output itself. Two: GEMM2 adds each
+    # slot's row into the cleared output — 0 + a + b rounds the same in either order, so atomics stay
+    # deterministic (with three terms they would not). The interpreter has no bf16 atomics.
+    if top_k == 1 and ids_checked:
+        k_sum = "direct"
+    elif fuse_k_sum and top_k <= 2 and not (target.interpret and dtype == torch.bfloat16):
+        k_sum = "atomic"
+    else:
+        k_sum = "pass"
+    layout = "decode" if num_tokens == 1 and not has_expert_map else "align"
+    bm = up["BLOCK_SIZE_M"]
+    sorted_len = top_k * bm if layout == "decode" else align_sizes(rows, bm, num_experts)[0]
+    # The sorted layout read through tensor descriptors: asked for by the config, possible on Hopper (or in
+    # the interpreter, which emulates descriptors) when every row of x and act is 16-byte aligned.
+    row_bytes_ok = all(n * torch.finfo(dtype).bits // 8 % 16 == 0 for n in (hidden, inter))
+    tma = (config.get("TMA", False) and (target.interpret or target.hopper) and descriptors_ok and row_bytes_ok)
+    use_pdl = (rows <= runtime.PDL_MAX_ROWS and target.hopper) if pdl is None else (pdl and target.hopper)
+    gemm1 = GemmStep(up, inter, 1 if tma else top_k, 1, True, False, tma, tma,
+                     _split_tail(target, sorted_len, inter, up, split_tail))
+    gemm2 = GemmStep(down, hidden, 1, top_k if k_sum == "atomic" else 1, False, True, tma, False,
+                     _split_tail(target, sorted_len, hidden, down, split_tail))
+    buffers = {}
+    if tma:
+        buffers["a1"] = (sorted_len, hidden)
+    buffers["act"] = (sorted_len if tma else rows, inter)
+    if k_sum == "pass":
+        buffers["partial"] = (rows, hidden)
+    steps = (("clear",) if k_sum == "atomic" else ()) + ("align",) + (("gather",) if tma else ()) + (
+        "gemm1", "gemm2") + (("sum_k",) if k_sum == "pass" else ())
+    return Plan(num_tokens, hidden, inter, top_k, num_experts, num_local, dtype, target, config, layout, tma, k_sum,
+                use_pdl, sorted_len, gemm1, gemm2, steps, buffers)
+
+
+def make_plan(
+    num_tokens: int,
+    hidden: int,
+    inter: int,
+    top_k: int,
+    num_experts: int,
+    *,
+    dtype: torch.dtype,
+    target: Target,
+    num_local: int | None = None,
+    config: dict | None = None,
+    has_expert_map: bool = False,
+    ids_checked: bool = True,
+    descriptors_ok: bool = True,
+    split_tail: bool = True,
+    fuse_k_sum: bool = True,
+    pdl: bool | None = None,
+    config_dir: str | None = None,
+) -> Plan:
+    """Every decision of a fused-experts call, from shapes alone (cached).
+
+    Args:
+        num_tokens, hidden, inter, top_k: M, H, I (per rank), k.
+        num_experts: the range of the ids (global experts with an expert map); num_local: experts in the
+            weights (default num_experts).
+        dtype: of x and the weights; target: where kernels run (:func:`moe_lib.runtime.target`).
+        config: tile config (validated); default: the tuned table for (E, N, GPU) at the nearest M, else a
+            heuristic (:mod:`moe_lib.kernels.configs`), tables also from ``config_dir``.
+        has_expert_map: ids are global and mapped (no decode layout); ids_checked: ids were range-checked
+            (only then may GEMM2 write the output directly for top_k = 1).
+        descriptors_ok: the weights' memory allows tensor descriptors (:func:`fused_moe.tma_usable`).
+        split_tail, fuse_k_sum: allow a split last wave / the sum over k inside GEMM2 (on by default; off
+            only to measure or teach what they buy — neither changes the result).
+        pdl: programmatic dependent launch; None: for calls of at most ``runtime.PDL_MAX_ROWS`` rows.
+    """
+    config_json = None if config is None else json.dumps(_checked(config), sort_keys=True)
+    return _make_plan(num_tokens, hidden, inter, top_k, num_experts, num_experts if num_local is None else num_local,
+                      dtype, target, config_json, bool(has_expert_map), bool(ids_checked), bool(descriptors_ok),
+                      bool(split_tail), bool(fuse_k_sum), pdl, None if config_dir is None else str(config_dir))
+
+
+def _checked(config: dict) -> dict:
+    split_config(config)  # raises on anything a launch could not take
+    return config
+
+
+class BoundPlan:
+    """A plan with its tensors: ``out``, the buffers, and ``steps`` (name -> a closure that runs that step
+    alone, for the benchmark's breakdown). :meth:`run` runs them in order and returns ``out``."""
+
+    def __init__(self, plan: Plan, x, w13, w2, topk_weights, topk_ids, expert_map=None):
+        self.plan = p = plan
+        device = x.device
+        self.out = empty(p.num_tokens, p.hidden, dtype=p.dtype, device=device)
+        self.buffers = {name: empty(*shape, dtype=p.dtype, device=device) for name, shape in p.buffers.items()}
+        self.steps: dict[str, callable] = {}
+        if p.layout == "empty":
+            return
+        bm, top_k = p.block_m, p.top_k
+        weights = topk_weights.reshape(-1)  # (M * k,) indexed by flat id
+        if weights.dtype != torch.float32:
+            weights = weights.to(torch.float32)
+        ids = topk_ids.reshape(-1)  # (M * k,)
+        if p.layout == "decode":
+            sorted_ids, total = _decode_constants(top_k, bm, device)
+            expert_ids = empty(top_k, dtype=torch.int32, device=device)
+            self.layout = (sorted_ids, expert_ids, total)
+        else:
+            max_len, max_blocks = align_sizes(ids.numel(), bm, p.num_experts)
+            self.layout = tuple(empty(n, dtype=torch.int32, device=device) for n in (max_len, max_blocks, 1))
+        act = self.buffers["act"]
+        c2 = self.buffers.get("partial", self.out)
+        a1 = self.buffers.get("a1", x)
+        use_pdl = p.pdl
+        num_sms = p.target.num_sms
+
+        def clear():
+            self.out.zero_()
+
+        def align():
+            if p.layout == "decode":
+                self.layout[1].copy_(ids)  # slot j's block holds expert topk_ids[0, j]
+            else:
+                moe_align_block_size(topk_ids, bm, p.num_experts, expert_map, out=self.layout, use_pdl=use_pdl)
+
+        def gather():
+            gather_sorted_rows(x, self.layout[0], self.layout[2], top_k, out=a1, use_pdl=use_pdl)
+
+        def gemm1():
+            invoke_fused_moe_kernel(a1, w13, act, weights, *self.layout, **p.gemm1.launch_args(),
+                                    num_sms=num_sms, use_pdl=use_pdl)
+
+        def gemm2():
+            invoke_fused_moe_kernel(act, w2, c2, weights, *self.layout, **p.gemm2.launch_args(),
+                                    num_sms=num_sms, use_pdl=use_pdl)
+
+        def sum_k():
+            moe_sum(c2.view(p.num_tokens, top_k, p.hidden), self.out, topk_ids, p.num_experts, use_pdl=use_pdl)
+
+        local = {"clear": clear, "align": align, "gather": gather, "gemm1": gemm1, "gemm2": gemm2, "sum_k": sum_k}
+        self.steps = {name: local[name] for name in p.steps}
+
+    def run(self) -> torch.Tensor:
+        for step in self.steps.values():
+            step()
+        return self.out
+
+
+_DECODE_CONSTANTS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _decode_constants(top_k: int, block_m: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed part of one token's layout: sorted_token_ids = [0, pad.., 1, pad.., ...] (slot j at the start
+    of block j, padding = top_k) and the padded total top_k * block_m. Cached per (k, block, device) — but not
+    while a CUDA graph is captured, whose memory pool would own the cached tensors."""
+    key = (top_k, block_m, device)
+    if key in _DECODE_CONSTANTS:
+        return _DECODE_CONSTANTS[key]
+    sorted_ids = torch.full((top_k * block_m,), top_k, dtype=torch.int32, device=device)
+    sorted_ids[::block_m] = torch.arange(top_k, dtype=torch.int32, device=device)
+    total = torch.full((1,), top_k * block_m, dtype=torch.int32, device=device)
+    if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        _DECODE_CONSTANTS[key] = (sorted_ids, total)
+    return sorted_ids, total
+
+
+def plan_call(hidden_states: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: torch.Tensor,
+              expert_map: torch.Tensor | None = None, config: dict | None = None, *, ids_checked: bool = True,
+              **options) -> Plan:
+    """:func:`make_plan` for these (validated) tensors: their shapes, dtype and device, the memory facts.
+    ``options``: make_plan's policy keywords (split_tail, fuse_k_sum, pdl, config_dir)."""
+    num_tokens, hidden = hidden_states.shape
+    num_local, two_i = w13.shape[0], w13.shape[1]
+    num_experts = num_local if expert_map is None else expert_map.shape[0]
+    return make_plan(num_tokens, hidden, two_i // 2, topk_ids.shape[1], num_experts, num_local=num_local,
+                     dtype=hidden_states.dtype, target=runtime.target(hidden_states.device), config=config,
+                     has_expert_map=expert_map is not None, ids_checked=ids_checked,
+                     descriptors_ok=tma_usable(w13, w2), **options)
+
+
+def fused_experts(
+    hidden_states: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    *,
+    expert_map: torch.Tensor | None = None,
+    config: dict | None = None,
+    check_ids: bool = True,
+) -> torch.Tensor:
+    """The experts of an MoE layer for already-routed tokens.
+
+    Args:
+        hidden_states: (M, H) tokens, fp32/fp16/bf16.
+        w13: (E, 2I, H) [w1; w3] per expert, same dtype; any strides.
+        w2: (E, H, I) per expert, same dtype; any strides.
+        topk_weights: (M, k) routing weights; topk_ids: (M, k) expert ids (global ids if expert_map).
+        expert_map: optional (E_global,) global -> local expert id, -1 for experts on other ranks.
+        config: kernel configuration (configs.CONFIG_KEYS, optionally "down": GEMM2 overrides, "TMA": the
+            sorted layout read through tensor descriptors, used where the GPU and the strides allow it);
+            default: the tuned table for this shape and GPU, else a heuristic.
+        check_ids: check on the host that ids lie in [0, E) and expert_map values in [-1, local experts)
+            (one device sync). Off skips only that check (every shape, dtype and device check stays):
+            out-of-range ids are then never read or written out of bounds, and their slots count as zero.
+
+    Returns:
+        (M, H) in the dtype of hidden_states: sum over k of weight * expert(x).
+    """
+    check_moe_args(hidden_states, w13, w2, topk_weights, topk_ids, expert_map, check_ids=check_ids)
+    check_kernel_device("hidden_states", hidden_states)
+    plan = plan_call(hidden_states, w13, w2, topk_ids, expert_map, config, ids_checked=check_ids)
+    return plan.bind(hidden_states, w13, w2, topk_weights, topk_ids, expert_map).run()
+
+
+def fused_moe(
+    hidden_states: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    router_logits: torch.Tensor,
+    top_k: int,
+    renormalize: bool = True,
+    *,
+    expert_map: torch.Tensor | None = None,
+    config: dict | None = None,
+    check_ids: bool = True,
+) -> torch.Tensor:
+    """Routing (fp32 softmax top-k, Triton) then :func:`fused_experts`."""
+    if isinstance(router_logits, torch.Tensor) and isinstance(hidden_states, torch.Tensor) and (
+        router_logits.dim() == 2 and router_logits.shape[0] != hidden_states.shape[0]
+    ):
+        raise ValueError(
+            f"router_logits has {router_logits.shape[0]} rows but hidden_states has {hidden_states.shape[0]} tokens"
+        )
+    topk_weights, topk_ids = topk_softmax_triton(router_logits, top_k, renormalize)
+    return fused_experts(hidden_states, w13, w2, topk_weights, topk_ids,
+                         expert_map=expert_map, config=config, check_ids=check_ids)
+
+
+__all__ = ["STEPS", "K_SUMS", "GemmStep", "Plan", "BoundPlan", "make_plan", "plan_call", "fused_experts", "fused_moe"]

@@ -1,0 +1,2 @@
+"""The teaching aids: figures (``viz``), widgets and exercise checkers. Nothing below the notebooks imports
+this package: it sits on top of the library and only reads from it."""

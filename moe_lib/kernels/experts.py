@@ -343,6 +343,10 @@ def fused_experts(
         (M, H) in the dtype of hidden_states: sum over k of weight * expert(x).
     """
     check_moe_args(hidden_states, w13, w2, topk_weights, topk_ids, expert_map, check_ids=check_ids)
+    if not (hidden_states.dtype == w13.dtype == w2.dtype):
+        raise TypeError(
+            f"hidden_states ({hidden_states.dtype}), w13 ({w13.dtype}) and w2 ({w2.dtype}) must share a dtype"
+        )
     check_kernel_device("hidden_states", hidden_states)
     plan = plan_call(hidden_states, w13, w2, topk_ids, expert_map, config, ids_checked=check_ids)
     return plan.bind(hidden_states, w13, w2, topk_weights, topk_ids, expert_map).run()

@@ -1,0 +1,116 @@
+"""moe_lib.kernels.experts.make_plan: every decision of a call, checked on the CPU for the GPU targets too.
+
+A plan is computed from shapes and a Target alone, so this file pins what an H200 (or an older GPU, or the
+interpreter) would run: which steps, which buffers, which layout, which config for GEMM1/GEMM2, split tails
+and dependent launches. The benchmark's breakdown and the tuner run these same plans, so a drift between them
+and fused_experts fails here, on CPU CI.
+"""
+
+import pytest
+import torch
+
+from moe_lib import runtime
+from moe_lib.kernels.configs import load_config_table, nearest_row, split_config
+from moe_lib.kernels.experts import STEPS, make_plan
+from moe_lib.runtime import Target
+
+H200 = Target(interpret=False, name="NVIDIA H200", num_sms=132, capability=(9, 0))
+A100 = Target(interpret=False, name="NVIDIA A100-SXM4-80GB", num_sms=108, capability=(8, 0))
+CPU = runtime.INTERPRETER
+BF16 = torch.bfloat16
+
+
+def mixtral(m, tp=8, target=H200, **kw):
+    return make_plan(m, 4096, 14336 // tp, 2, 8, dtype=BF16, target=target, **kw)
+
+
+@pytest.mark.parametrize("tp", [1, 2, 4, 8])
+@pytest.mark.parametrize("m", [1, 3, 64, 300, 4096])
+def test_h200_config_is_the_tuned_row_for_the_nearest_m(tp, m):
+    table = load_config_table(8, 14336 // tp, "NVIDIA H200")
+    plan = mixtral(m, tp)
+    assert plan.config == nearest_row(table, m)
+    up, down = split_config(plan.config)
+    assert plan.gemm1.config == {k: v for k, v in up.items() if k != "TMA"} and plan.gemm2.config == down
+    assert plan.gemm1.n == 14336 // tp and plan.gemm2.n == 4096
+
+
+def test_unknown_gpu_and_interpreter_take_the_heuristics():
+    assert mixtral(64, target=A100).config["BLOCK_SIZE_M"] == 32  # vLLM's bf16 default at M = 64
+    assert mixtral(4096, target=A100).config["TMA"] is True  # asked for, but an A100 has no descriptors:
+    assert not mixtral(4096, target=A100).tma
+    cpu = make_plan(33, 64, 96, 2, 8, dtype=torch.float32, target=CPU)
+    assert cpu.config["num_stages"] == 1 and "TMA" not in cpu.config  # big tiles, one stage: numpy rounds
+
+
+def test_decode_one_token():
+    plan = mixtral(1)
+    assert plan.layout == "decode" and plan.steps == ("clear", "align", "gemm1", "gemm2")
+    assert plan.sorted_len == 2 * plan.block_m and plan.k_sum == "atomic"
+    assert plan.pdl  # one token of top-2 on Hopper
+    assert plan.buffers == {"act": (2, 1792)}
+    assert not mixtral(1, pdl=False).pdl and not mixtral(1, target=A100).pdl
+    assert mixtral(1, has_expert_map=True).layout == "align"  # global ids must be mapped: the kernel does it
+
+
+def test_prefill_large_m_takes_the_sorted_tma_layout_and_splits_a_sparse_last_wave():
+    plan = mixtral(4096)
+    assert plan.layout == "align" and plan.tma and not plan.pdl
+    assert plan.steps == ("clear", "align", "gather", "gemm1", "gemm2")
+    em = plan.sorted_len
+    assert em == 4096 * 2 + 8 * (plan.block_m - 1)
+    assert plan.buffers == {"a1": (em, 4096), "act": (em, 1792)}
+    assert plan.gemm1.tma and plan.gemm1.c_sorted and plan.gemm1.a_rows_div == 1
+    assert plan.gemm2.tma and not plan.gemm2.c_sorted and plan.gemm2.c_rows_div == 2
+    tiles = -(-em // plan.block_m) * -(-1792 // plan.gemm1.config["BLOCK_SIZE_N"])
+    assert 132 <= tiles <= 24 * 132 and plan.gemm1.split_tail
+    assert not mixtral(4096, split_tail=False).gemm1.split_tail
+    assert not mixtral(4096, descriptors_ok=False).tma  # strides or alignment rule descriptors out
+
+
+@pytest.mark.parametrize("top_k,ids_checked,dtype,target,k_sum", [
+    (1, True, BF16, H200, "direct"),  # one validated expert: GEMM2 writes the output
+    (1, False, BF16, H200, "atomic"),  # an unchecked id may be dropped: its row must start cleared
+    (2, True, BF16, H200, "atomic"),  # 0 + a + b rounds the same either way
+    (3, True, BF16, H200, "pass"),  # three terms would not: a separate, ordered sum
+    (2, True, BF16, CPU, "pass"),  # the interpreter has no bf16 atomics
+    (2, True, torch.float32, CPU, "atomic"),
+])
+def test_k_sum(top_k, ids_checked, dtype, target, k_sum):
+    plan = make_plan(40, 64, 96, top_k, 8, dtype=dtype, target=target, ids_checked=ids_checked)
+    assert plan.k_sum == k_sum
+    assert ("clear" in plan.steps) == (k_sum == "atomic") and ("sum_k" in plan.steps) == (k_sum == "pass")
+    assert ("partial" in plan.buffers) == (k_sum == "pass")
+    assert plan.gemm2.c_rows_div == (top_k if k_sum == "atomic" else 1)
+    assert make_plan(40, 64, 96, top_k, 8, dtype=dtype, target=target, fuse_k_sum=False).k_sum != "atomic"
+
+
+def test_steps_are_in_order_and_known():
+    for m in (1, 7, 600, 4096):
+        for top_k in (1, 2, 3):
+            steps = make_plan(m, 4096, 1792, top_k, 8, dtype=BF16, target=H200).steps
+            assert list(steps) == sorted(steps, key=STEPS.index)
+
+
+def test_no_tokens_plans_nothing():
+    plan = mixtral(0)
+    assert plan.layout == "empty" and plan.steps == () and plan.describe() == "no tokens: nothing to run"
+
+
+def test_tma_needs_16_byte_rows():
+    config = {**mixtral(4096).config, "TMA": True}
+    # fp32 rows of 511 elements are 2044 bytes: no descriptor can describe them.
+    assert not make_plan(600, 511, 64, 2, 8, dtype=torch.float32, target=H200, config=config).tma
+    assert make_plan(600, 512, 64, 2, 8, dtype=torch.float32, target=H200, config=config).tma
+
+
+def test_plans_are_cached_and_a_config_is_validated_first():
+    assert mixtral(64) is mixtral(64)
+    with pytest.raises(ValueError, match="GROUP_SIZE_M"):
+        mixtral(64, config={**mixtral(64).config, "GROUP_SIZE_M": 0})
+
+
+def test_describe_names_every_decision():
+    text = mixtral(4096).describe()
+    for word in ("steps", "layout", "TMA", "k-sum", "PDL", "gemm1", "gemm2", "split tail", "buffers"):
+        assert word in text

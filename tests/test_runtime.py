@@ -45,17 +45,30 @@ def test_triton_imported_too_early_gives_a_clear_error():
     assert out.returncode != 0 and "Import moe_lib first" in out.stderr
 
 
-def test_pdl_only_compiled_on_hopper_and_for_one_token(monkeypatch):
-    # Programmatic dependent launch: never in the interpreter or off CUDA; on a GPU only from Hopper on and only
-    # for calls of at most PDL_MAX_ROWS (token, slot) rows.
+def test_target_of_a_device():
+    # The interpreter (any CPU tensor, or no GPU) has no waves and no Hopper features.
+    cpu = runtime.target(torch.device("cpu"))
+    assert cpu is runtime.INTERPRETER and cpu.interpret and cpu.num_sms is None and not cpu.hopper
+    if runtime.HAS_CUDA and not runtime.INTERPRET:
+        gpu = runtime.target(torch.device("cuda"))
+        props = torch.cuda.get_device_properties(0)
+        assert gpu.name == props.name and gpu.num_sms == props.multi_processor_count
+        assert gpu is runtime.target(torch.device("cuda", 0))  # read once, cached
+
+
+def test_hopper_means_compiled_and_capability_9():
+    assert runtime.Target(interpret=False, capability=(9, 0)).hopper
+    assert runtime.Target(interpret=False, capability=(10, 0)).hopper
+    assert not runtime.Target(interpret=False, capability=(8, 0)).hopper
+    assert not runtime.Target(interpret=True, capability=(9, 0)).hopper
+
+
+def test_pdl_default_only_on_hopper_and_for_one_token():
+    # Programmatic dependent launch by default: never in the interpreter or off CUDA; on a GPU only from Hopper
+    # on and only for calls of at most PDL_MAX_ROWS (token, slot) rows.
     assert not runtime.pdl(torch.device("cpu"), 1)
-    monkeypatch.setattr(runtime, "INTERPRET", False)
-    monkeypatch.setattr(runtime, "_compute_capability", lambda index: (9, 0))
-    cuda = torch.device("cuda", 0)
-    assert runtime.pdl(cuda, runtime.PDL_MAX_ROWS)
-    assert not runtime.pdl(cuda, runtime.PDL_MAX_ROWS + 1)
-    monkeypatch.setattr(runtime, "_compute_capability", lambda index: (8, 0))
-    assert not runtime.pdl(cuda, 1)
-    monkeypatch.setattr(runtime, "_compute_capability", lambda index: (9, 0))
-    monkeypatch.setattr(runtime, "PDL_ENABLED", False)
-    assert not runtime.pdl(cuda, 1)
+    if runtime.HAS_CUDA and not runtime.INTERPRET:
+        cuda = torch.device("cuda", 0)
+        hopper = runtime.target(cuda).hopper
+        assert runtime.pdl(cuda, runtime.PDL_MAX_ROWS) == hopper
+        assert not runtime.pdl(cuda, runtime.PDL_MAX_ROWS + 1)

@@ -43,7 +43,8 @@ from .routing import topk_softmax_triton
 STEPS = ("clear", "align", "gather", "gemm1", "gemm2", "sum_k")
 #: How the sum over each token's k expert outputs is made.
 K_SUMS = ("direct", "atomic", "pass")
-#: A split last wave saves at most half a wave: worth it from one wave up to about this many (H100, history).
+#: A split last wave saves at most half a wave: measured on an H100 it paid from one wave up to about this many
+#: (past that it gained under 2 %; the bench runs before and after it are in data/bench/history/).
 SPLIT_TAIL_MAX_WAVES = 24
 
 
@@ -128,7 +129,7 @@ def _split_tail(target: Target, sorted_len: int, n: int, config: dict, allowed: 
 
 @functools.lru_cache(maxsize=1024)
 def _make_plan(num_tokens, hidden, inter, top_k, num_experts, num_local, dtype, target, config_json, has_expert_map,
-               ids_checked, descriptors_ok, split_tail, fuse_k_sum, pdl, config_dir) -> Plan:
+               ids_checked, ids_int32, descriptors_ok, split_tail, fuse_k_sum, pdl, config_dir) -> Plan:
     if config_json is None:
         config = get_config(num_tokens, num_experts, inter, hidden, top_k, device_name=target.name,
                             interpret=target.interpret, config_dir=config_dir)
@@ -167,7 +168,9 @@ def _make_plan(num_tokens, hidden, inter, top_k, num_experts, num_local, dtype, 
     buffers["act"] = (sorted_len if tma else rows, inter)
     if k_sum == "pass":
         buffers["partial"] = (rows, hidden)
-    steps = (("clear",) if k_sum == "atomic" else ()) + ("align",) + (("gather",) if tma else ()) + (
+    # One token's layout needs no kernel: its int32 ids are the expert ids of its k blocks as they are.
+    align = layout == "align" or not ids_int32
+    steps = (("clear",) if k_sum == "atomic" else ()) + (("align",) if align else ()) + (("gather",) if tma else ()) + (
         "gemm1", "gemm2") + (("sum_k",) if k_sum == "pass" else ())
     return Plan(num_tokens, hidden, inter, top_k, num_experts, num_local, dtype, target, config, layout, tma, k_sum,
                 use_pdl, sorted_len, gemm1, gemm2, steps, buffers)
@@ -186,6 +189,7 @@ def make_plan(
     config: dict | None = None,
     has_expert_map: bool = False,
     ids_checked: bool = True,
+    ids_int32: bool = True,
     descriptors_ok: bool = True,
     split_tail: bool = True,
     fuse_k_sum: bool = True,
@@ -202,7 +206,8 @@ def make_plan(
         config: tile config (validated); default: the tuned table for (E, N, GPU) at the nearest M, else a
             heuristic (:mod:`moe_lib.kernels.configs`), tables also from ``config_dir``.
         has_expert_map: ids are global and mapped (no decode layout); ids_checked: ids were range-checked
-            (only then may GEMM2 write the output directly for top_k = 1).
+            (only then may GEMM2 write the output directly for top_k = 1); ids_int32: topk_ids are contiguous
+            int32 (then one token's layout needs no step at all: the ids are its blocks' expert ids).
         descriptors_ok: the weights' memory allows tensor descriptors (:func:`fused_moe.tma_usable`).
         split_tail, fuse_k_sum: allow a split last wave / the sum over k inside GEMM2 (on by default; off
             only to measure or teach what they buy — neither changes the result).
@@ -210,7 +215,8 @@ def make_plan(
     """
     config_json = None if config is None else json.dumps(_checked(config), sort_keys=True)
     return _make_plan(num_tokens, hidden, inter, top_k, num_experts, num_experts if num_local is None else num_local,
-                      dtype, target, config_json, bool(has_expert_map), bool(ids_checked), bool(descriptors_ok),
+                      dtype, target, config_json, bool(has_expert_map), bool(ids_checked), bool(ids_int32),
+                      bool(descriptors_ok),
                       bool(split_tail), bool(fuse_k_sum), pdl, None if config_dir is None else str(config_dir))
 
 
@@ -238,7 +244,8 @@ class BoundPlan:
         ids = topk_ids.reshape(-1)  # (M * k,)
         if p.layout == "decode":
             sorted_ids, total = _decode_constants(top_k, bm, device)
-            expert_ids = empty(top_k, dtype=torch.int32, device=device)
+            # slot j's block holds expert topk_ids[0, j]: the ids themselves, or an int32 copy made by "align"
+            expert_ids = ids if "align" not in p.steps else empty(top_k, dtype=torch.int32, device=device)
             self.layout = (sorted_ids, expert_ids, total)
         else:
             max_len, max_blocks = align_sizes(ids.numel(), bm, p.num_experts)
@@ -254,7 +261,7 @@ class BoundPlan:
 
         def align():
             if p.layout == "decode":
-                self.layout[1].copy_(ids)  # slot j's block holds expert topk_ids[0, j]
+                self.layout[1].copy_(ids)  # int64 ids (or strided ones) to the int32 expert ids
             else:
                 moe_align_block_size(topk_ids, bm, p.num_experts, expert_map, out=self.layout, use_pdl=use_pdl)
 
@@ -310,6 +317,7 @@ def plan_call(hidden_states: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, 
     return make_plan(num_tokens, hidden, two_i // 2, topk_ids.shape[1], num_experts, num_local=num_local,
                      dtype=hidden_states.dtype, target=runtime.target(hidden_states.device), config=config,
                      has_expert_map=expert_map is not None, ids_checked=ids_checked,
+                     ids_int32=topk_ids.dtype == torch.int32 and topk_ids.is_contiguous(),
                      descriptors_ok=tma_usable(w13, w2), **options)
 
 

@@ -243,6 +243,10 @@ def test_decode_layout(gen, device, poison):
         assert sorted_ids.tolist()[::bm] == list(range(k)) and (sorted_ids.view(k, bm)[:, 1:] == k).all()
         assert expert_ids.tolist() == ids.flatten().tolist() and total.item() == bm * k
         assert_close(out, moe_reference(x, w13, w2, w, ids, fp64=True))
+        # int64 ids take one cast step ("align") and give the same bits
+        wide = plan_call(x, w13, w2, ids.long())
+        assert "align" in wide.steps and "align" not in plan.steps
+        assert torch.equal(wide.bind(x, w13, w2, w, ids.long()).run(), out)
 
 
 def test_unchecked_out_of_range_ids_never_read_out_of_bounds(gen, device, poison):
@@ -377,15 +381,19 @@ def test_k_sum_in_gemm2_with_expert_map_and_unchecked_bad_ids(gen, device, poiso
 @pytest.mark.parametrize("num_sms", [5, 7, 9, 16])
 @pytest.mark.parametrize("tma", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_split_tail(num_sms, tma, dtype, gen, poison):
-    # The interpreter has no waves; a Target that says it has num_sms of them makes the plan split.
+def test_split_tail(num_sms, tma, dtype, gen, device, poison):
+    # A Target that says the device runs num_sms programs at once makes the plan split a sparse last wave (the
+    # interpreter has no waves of its own; on a GPU this pretends to have fewer SMs).
+    import dataclasses
+
     from moe_lib.kernels.experts import make_plan
 
     M, E, H, I, k = 300, 4, 64, 96, 2
-    x, w13, w2, w, ids, _ = make_problem(M, E, H, I, k, gen, dtype, "cpu")
-    target = runtime.Target(interpret=True, num_sms=num_sms)
+    x, w13, w2, w, ids, _ = make_problem(M, E, H, I, k, gen, dtype, device)
+    target = dataclasses.replace(runtime.target(torch.device(device)), num_sms=num_sms)
     plan = make_plan(M, H, I, k, E, dtype=dtype, target=target, config=tma_config(64, TMA=tma))
-    assert plan.tma == tma and plan.gemm1.split_tail and plan.gemm2.split_tail  # 1 to 24 waves of tiles
+    assert plan.tma == (tma and (target.interpret or target.hopper))
+    assert plan.gemm1.split_tail and plan.gemm2.split_tail  # 1 to 24 waves of tiles
     out = plan.bind(x, w13, w2, w, ids).run()
     assert_close(out, moe_reference(x, w13, w2, w, ids, fp64=True), tol=tolerance(dtype))
     unsplit = make_plan(M, H, I, k, E, dtype=dtype, target=target, config=tma_config(64, TMA=tma), split_tail=False)

@@ -45,7 +45,8 @@ def test_unknown_gpu_and_interpreter_take_the_heuristics():
 
 def test_decode_one_token():
     plan = mixtral(1)
-    assert plan.layout == "decode" and plan.steps == ("clear", "align", "gemm1", "gemm2")
+    assert plan.layout == "decode" and plan.steps == ("clear", "gemm1", "gemm2")  # int32 ids: no layout kernel
+    assert mixtral(1, ids_int32=False).steps == ("clear", "align", "gemm1", "gemm2")  # int64 ids: one cast
     assert plan.sorted_len == 2 * plan.block_m and plan.k_sum == "atomic"
     assert plan.pdl  # one token of top-2 on Hopper
     assert plan.buffers == {"act": (2, 1792)}

@@ -6,6 +6,10 @@ followed by raw bytes, so a layer can be read by memory-mapping just its tensors
 ~93 GB never has to be loaded to serve one layer. Pickle-based weights (``pytorch_model.bin``, ``.pt``) are
 refused: unpickling runs arbitrary code.
 
+Hugging Face's names for a layer's MoE tensors are parsed here and nowhere else (:func:`parse_moe_name`):
+both this reader and :meth:`moe_lib.layer.MixtralMoE.load_weights` use it. Parsing needs nothing but the
+standard library; safetensors is imported only when a file is read, so ``import moe_lib`` works without it.
+
 The command line makes the tiny model that notebook 09 and the tests use::
 
     python -m moe_lib.checkpoint make-tiny data/tiny_mixtral
@@ -23,8 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from .config import MoEConfig
 
@@ -39,6 +41,83 @@ TINY_MIXTRAL = Path(__file__).resolve().parents[1] / "data" / "tiny_mixtral"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read as asked: not safetensors, truncated, corrupt, or incomplete."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Hugging Face names: the one place they are parsed
+# ----------------------------------------------------------------------------------------------------
+#: A name under one layer's MoE block: its *scope* — any prefix (``model.layers.3.``), then the block, either
+#: legacy ``block_sparse_moe.`` (real Mixtral checkpoints, and what ``save_pretrained`` writes) or transformers
+#: 5.x ``mlp.`` followed by ``gate.`` / ``experts.`` (not a dense model's ``mlp.gate_proj``) — and the rest.
+_MOE_SCOPE = re.compile(
+    r"^(?P<scope>(?:.*\.)?(?:(?P<legacy>block_sparse_moe\.)|mlp\.(?=gate\.|experts\.)))(?P<rest>.*)$"
+)
+#: After a legacy scope: the router, and one matrix per expert: ``w1`` (I, H) gate, ``w3`` (I, H) up,
+#: ``w2`` (H, I) down.
+_LEGACY_TENSOR = re.compile(r"gate\.weight|experts\.(?P<expert>\d+)\.(?P<proj>w[123])\.weight")
+#: After a transformers 5.x scope: the router, and all experts in two fused tensors. Name -> kind.
+_FUSED_TENSOR = {"gate.weight": "gate", "experts.gate_up_proj": "gate_up", "experts.down_proj": "down"}
+_FUSED_NAME = {kind: rest for rest, kind in _FUSED_TENSOR.items()}
+#: The decoder layer of a scope (``model.layers.3.mlp.``) or of a module name (``model.layers.3.mlp``).
+_LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.[^.]+\.?$")
+
+
+@dataclass(frozen=True)
+class MoEName:
+    """Where one MoE tensor of a Hugging Face checkpoint goes.
+
+    ``scope`` is the name up to and including the block (``model.layers.3.block_sparse_moe.``); ``kind`` is
+    gate, w1, w3 or w2 (legacy, per ``expert``) or gate_up / down (transformers 5.x, all experts fused).
+    """
+
+    scope: str
+    kind: str
+    expert: int | None = None
+
+    @property
+    def name(self) -> str:
+        """The checkpoint name (inverse of :func:`parse_moe_name`)."""
+        if self.expert is not None:
+            return f"{self.scope}experts.{self.expert}.{self.kind}.weight"
+        return self.scope + _FUSED_NAME[self.kind]  # the router is gate.weight in both schemes
+
+
+def parse_moe_name(name: str) -> MoEName | None:
+    """The :class:`MoEName` of a MoE tensor's name; None for any other name, and for an unknown tensor under
+    a MoE block (``...block_sparse_moe.experts.0.w4.weight``)."""
+    m = _MOE_SCOPE.match(name)
+    if m is None:
+        return None
+    scope, rest = m["scope"], m["rest"]
+    if m["legacy"]:
+        t = _LEGACY_TENSOR.fullmatch(rest)
+        if t is None:
+            return None
+        return MoEName(scope, t["proj"] or "gate", None if t["expert"] is None else int(t["expert"]))
+    kind = _FUSED_TENSOR.get(rest)
+    return None if kind is None else MoEName(scope, kind)
+
+
+def complete_moe_names(scope: str, num_experts: int) -> list[MoEName]:
+    """Every tensor one layer needs under ``scope``, in the scope's naming scheme."""
+    if scope.endswith("block_sparse_moe."):
+        return [MoEName(scope, "gate")] + [
+            MoEName(scope, proj, e) for e in range(num_experts) for proj in ("w1", "w2", "w3")
+        ]
+    return [MoEName(scope, kind) for kind in ("gate", "gate_up", "down")]
+
+
+def layer_index(name: str) -> int | None:
+    """The decoder layer of a module name (``model.layers.3.mlp``) or a scope (``model.layers.3.mlp.``)."""
+    m = _LAYER_INDEX.search(name)
+    return None if m is None else int(m[1])
+
+
+def moe_layer_of(name: str) -> int | None:
+    """The decoder layer whose MoE block holds tensor ``name`` — any tensor under the block, known or not, so
+    that a loader rejects what it does not know instead of never seeing it; None for every other name."""
+    m = _MOE_SCOPE.match(name)
+    return None if m is None else layer_index(m["scope"])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -61,24 +140,19 @@ class Checkpoint:
 
     def moe_layers(self) -> list[int]:
         """The decoder layer indices that have MoE weights, ascending."""
-        return sorted({int(m[1]) for name in self.weight_map if (m := _MOE_NAME.match(name))})
+        return sorted({layer for name in self.weight_map if (layer := moe_layer_of(name)) is not None})
 
     def moe_names(self, layer: int) -> list[str]:
         """The names of layer ``layer``'s MoE tensors, by file, then by name (numbers in numeric order)."""
         if isinstance(layer, bool) or not isinstance(layer, int):
             raise TypeError(f"layer must be an int, got {type(layer).__name__}")
-        names = [n for n in self.weight_map if (m := _MOE_NAME.match(n)) and int(m[1]) == layer]
+        names = [n for n in self.weight_map if moe_layer_of(n) == layer]
         if not names:
             raise CheckpointError(
                 f"{self.path}: no MoE weights for layer {layer}; MoE layers present: {self.moe_layers() or 'none'}"
             )
         order = {f: i for i, f in enumerate(self.files)}
         return sorted(names, key=lambda n: (order[self.weight_map[n]], _natural(n)))
-
-
-#: A decoder layer's MoE tensors: legacy ``block_sparse_moe.*`` or transformers 5.x ``mlp.gate.*`` /
-#: ``mlp.experts.*`` (not a dense model's ``mlp.gate_proj``).
-_MOE_NAME = re.compile(r"^(?:.*\.)?layers\.(\d+)\.(?:block_sparse_moe\.|mlp\.gate\.|mlp\.experts\.)")
 
 
 def _natural(name: str) -> list:
@@ -99,6 +173,8 @@ def _read_header(file: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]
         _refuse_pickle(file)
     if not file.is_file():
         raise CheckpointError(f"{file}: file not found")
+    from safetensors import SafetensorError, safe_open
+
     try:
         with safe_open(str(file), framework="pt") as f:
             slices = {name: f.get_slice(name) for name in f.keys()}
@@ -193,6 +269,8 @@ def iter_moe_weights(checkpoint: str | Path | Checkpoint, layer: int) -> Iterato
     open per shard), so a layer never holds more than the caller keeps. A tensor with NaN or Inf raises
     CheckpointError: real weights are finite, and damaged bytes often are not.
     """
+    from safetensors import SafetensorError, safe_open
+
     ckpt = open_checkpoint(checkpoint)
     names = ckpt.moe_names(layer)
     by_file: dict[Path, list[str]] = {}
@@ -332,6 +410,7 @@ def make_tiny(out_dir: str | Path, seed: int = 0) -> dict[str, int]:
     Returns the size in bytes of each file written.
     """
     import transformers
+    from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
     model = tiny_mixtral_model(seed)
@@ -358,6 +437,8 @@ def make_tiny(out_dir: str | Path, seed: int = 0) -> dict[str, int]:
 
 def read_golden(checkpoint_dir: str | Path = TINY_MIXTRAL) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The golden tensors (input_ids, logits, prompt_ids, greedy_ids) and their metadata."""
+    from safetensors import SafetensorError, safe_open
+
     file = Path(checkpoint_dir) / GOLDEN_NAME
     try:
         with safe_open(str(file), framework="pt") as f:
@@ -405,6 +486,11 @@ def main(argv: list[str] | None = None) -> int:
 __all__ = [
     "Checkpoint",
     "CheckpointError",
+    "MoEName",
+    "parse_moe_name",
+    "complete_moe_names",
+    "layer_index",
+    "moe_layer_of",
     "open_checkpoint",
     "iter_moe_weights",
     "read_moe_weights",

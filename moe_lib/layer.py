@@ -14,72 +14,30 @@ therefore needs torch.distributed; ``reduce_results=False`` returns the partial 
 the caller, as the in-process simulations do).
 
 :meth:`MixtralMoE.load_weights` reads Hugging Face names — the legacy per-expert names that Mixtral
-checkpoints use and transformers 5.x's fused names — and shards them for its rank. It checks everything
-before it changes anything, so a failed load leaves the layer as it was.
+checkpoints use and transformers 5.x's fused names, parsed by :func:`moe_lib.checkpoint.parse_moe_name` —
+and shards them for its rank. It checks everything before it changes anything, so a failed load leaves the
+layer as it was.
+
+Swapping the layer into a whole transformers model is :mod:`moe_lib.model`; the whole tiny model on real
+tensor-parallel processes is :mod:`moe_lib.parallel.golden`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from ._validate import FLOAT_DTYPES, check_int, check_tensor
+from .checkpoint import MoEName, complete_moe_names, parse_moe_name
 from .gate import INITIALIZER_RANGE, MoEGate
 from .kernels.experts import fused_experts
 from .kernels.routing import topk_softmax_triton
 from .parallel.shard import shard_w2, shard_w13
 
-# ----------------------------------------------------------------------------------------------------
-# Hugging Face names
-# ----------------------------------------------------------------------------------------------------
-#: Legacy names (real Mixtral checkpoints, and what ``save_pretrained`` writes): one matrix per expert,
-#: ``w1`` (I, H) gate, ``w3`` (I, H) up, ``w2`` (H, I) down, under ``...block_sparse_moe.``.
-_LEGACY = re.compile(
-    r"^(?P<scope>(?:.*\.)?block_sparse_moe\.)(?:experts\.(?P<expert>\d+)\.(?P<proj>w[123])\.weight|gate\.weight)$"
-)
-#: transformers 5.x in memory: all experts in two fused tensors, under ``...mlp.``.
-_FUSED = re.compile(r"^(?P<scope>(?:.*\.)?mlp\.)(?P<what>experts\.gate_up_proj|experts\.down_proj|gate\.weight)$")
-
 #: How many names an error message lists per kind of problem before it says "... and N more".
 _MAX_LISTED = 12
-
-
-@dataclass(frozen=True)
-class _Slot:
-    """Where one checkpoint tensor goes: ``kind`` is gate / w1 / w3 / w2 (per expert) / gate_up / down."""
-
-    scope: str
-    kind: str
-    expert: int | None = None
-
-
-def _parse_name(name: str) -> _Slot | None:
-    m = _LEGACY.match(name)
-    if m:
-        expert = m["expert"]
-        return _Slot(m["scope"], m["proj"] or "gate", None if expert is None else int(expert))
-    m = _FUSED.match(name)
-    if m:
-        kind = {"experts.gate_up_proj": "gate_up", "experts.down_proj": "down", "gate.weight": "gate"}[m["what"]]
-        return _Slot(m["scope"], kind)
-    return None
-
-
-def _slot_name(slot: _Slot) -> str:
-    """The checkpoint name of a slot (inverse of :func:`_parse_name`)."""
-    if slot.kind == "gate":
-        return f"{slot.scope}gate.weight"
-    if slot.kind == "gate_up":
-        return f"{slot.scope}experts.gate_up_proj"
-    if slot.kind == "down":
-        return f"{slot.scope}experts.down_proj"
-    return f"{slot.scope}experts.{slot.expert}.{slot.kind}.weight"
 
 
 def _listing(label: str, items: Sequence[str]) -> str:
@@ -182,7 +140,7 @@ class MixtralMoE(nn.Module):
         self.reduce_results = reduce_results
         self.tp_group = tp_group
         self.renormalize = renormalize
-        #: While :func:`record_routing` is active: a list that forward appends (topk_weights, topk_ids) to.
+        #: While :func:`moe_lib.model.record_routing` is active: the list forward appends (topk_weights, topk_ids) to.
         self._routing_log: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
         self.gate = MoEGate(hidden_size, num_experts, dtype=params_dtype, device=device, generator=generator)
@@ -271,7 +229,7 @@ class MixtralMoE(nn.Module):
         w13 = torch.empty(E, 2 * i_local, H, device=device, dtype=dtype)  # (E, 2I/tp, H)
         w2 = torch.empty(E, H, i_local, device=device, dtype=dtype)  # (E, H, I/tp)
         pending_w1w3: dict[tuple[int, str], torch.Tensor] = {}  # one half of an expert's w13, until its pair comes
-        seen: dict[_Slot, str] = {}
+        seen: dict[MoEName, str] = {}
         scopes: list[str] = []
         unknown: list[str] = []
         duplicate: list[str] = []
@@ -285,7 +243,7 @@ class MixtralMoE(nn.Module):
                 raise TypeError(f"weights: a name must be a str, got {type(name).__name__}")
             if not isinstance(tensor, torch.Tensor):
                 raise TypeError(f"weights: {name!r} must be a torch.Tensor, got {type(tensor).__name__}")
-            slot = _parse_name(name)
+            slot = parse_moe_name(name)
             if slot is None:
                 unknown.append(name)
                 continue
@@ -333,12 +291,7 @@ class MixtralMoE(nn.Module):
         if bad:
             problems.append(_listing("wrong shape or dtype", bad))
         if len(scopes) == 1:
-            scope = scopes[0]
-            if scope.endswith("block_sparse_moe."):
-                wanted = [_Slot(scope, "gate")] + [_Slot(scope, p, e) for e in range(E) for p in ("w1", "w2", "w3")]
-            else:
-                wanted = [_Slot(scope, kind) for kind in ("gate", "gate_up", "down")]
-            missing = [_slot_name(s) for s in wanted if s not in seen]
+            missing = [s.name for s in complete_moe_names(scopes[0], E) if s not in seen]
             if missing:
                 problems.append(_listing("missing", missing))
         elif not scopes and not problems:
@@ -365,144 +318,4 @@ class MixtralMoE(nn.Module):
         )
 
 
-# ----------------------------------------------------------------------------------------------------
-# Whole models
-# ----------------------------------------------------------------------------------------------------
-_LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.[^.]+$")
-
-
-def moe_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The (name, module) of every Hugging Face ``MixtralSparseMoeBlock`` in ``model``, in order."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return [(name, m) for name, m in model.named_modules() if type(m).__name__ == "MixtralSparseMoeBlock"]
-
-
-def replace_moe_blocks(
-    model: nn.Module,
-    checkpoint: str | Path | None = None,
-    *,
-    tp_size: int | None = None,
-    tp_rank: int | None = None,
-    reduce_results: bool = True,
-    tp_group=None,
-) -> list[MixtralMoE]:
-    """Swap every ``MixtralSparseMoeBlock`` of a transformers Mixtral model for a :class:`MixtralMoE`.
-
-    Each new layer loads its weights from ``checkpoint`` (a safetensors file or directory, read one layer at
-    a time by :mod:`moe_lib.checkpoint`), or, when it is None, from the block it replaces (transformers 5.x
-    names). Sizes come from ``model.config``; the dtype and device from the block's router weight.
-    Returns the new layers in order. The blocks are replaced only after every layer has loaded.
-    """
-    from . import checkpoint as ckpt  # here, not at import: checkpoint imports safetensors
-
-    blocks = moe_blocks(model)
-    if not blocks:
-        raise ValueError("model has no MixtralSparseMoeBlock to replace")
-    cfg = model.config
-    source = ckpt.open_checkpoint(checkpoint) if checkpoint is not None else None
-    layers = []
-    for name, block in blocks:
-        weight = block.gate.weight
-        layer = MixtralMoE(
-            cfg.num_local_experts, cfg.num_experts_per_tok, cfg.hidden_size, cfg.intermediate_size,
-            params_dtype=weight.dtype, tp_size=tp_size, tp_rank=tp_rank, reduce_results=reduce_results,
-            tp_group=tp_group, device=weight.device,
-        )
-        if source is not None:
-            match = _LAYER_INDEX.search(name)
-            if match is None:
-                raise ValueError(f"cannot tell the layer index of MoE block {name!r} (expected ...layers.<i>.<name>)")
-            layer.load_weights(ckpt.iter_moe_weights(source, int(match[1])))
-        else:
-            layer.load_weights((f"{name}.{key}", t) for key, t in block.state_dict().items())
-        layers.append(layer)
-    for (name, _), layer in zip(blocks, layers, strict=True):
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, layer)
-    return layers
-
-
-@contextlib.contextmanager
-def record_routing(layers: Sequence[MixtralMoE]) -> Iterator[list[list[tuple[torch.Tensor, torch.Tensor]]]]:
-    """Within the block, every forward of ``layers[l]`` appends its (topk_weights, topk_ids) to ``log[l]``.
-
-    These are the very routing decisions the layer used (not recomputed), one (M, k) pair per call.
-    """
-    layers = list(layers)
-    for i, layer in enumerate(layers):
-        if not isinstance(layer, MixtralMoE):
-            raise TypeError(f"layers[{i}] must be a MixtralMoE, got {type(layer).__name__}")
-    log: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in layers]
-    previous = [layer._routing_log for layer in layers]
-    for layer, entries in zip(layers, log, strict=True):
-        layer._routing_log = entries
-    try:
-        yield log
-    finally:
-        for layer, prev in zip(layers, previous, strict=True):
-            layer._routing_log = prev
-
-
-# ----------------------------------------------------------------------------------------------------
-# The whole (tiny) model, tensor-parallel, on real processes
-# ----------------------------------------------------------------------------------------------------
-def tiny_model_rank(rank: int, world_size: int, checkpoint_dir: str | None = None) -> dict[str, torch.Tensor]:
-    """One rank of a whole Mixtral whose every MoE block is this rank's :class:`MixtralMoE` shard.
-
-    Run by :func:`moe_lib.parallel.launch`, which has joined the process group and chosen the device.
-    Every rank runs the same model and the same tokens; the MoE all-reduces keep them in step.
-    """
-    from . import checkpoint as ckpt
-
-    checkpoint_dir = checkpoint_dir or ckpt.TINY_MIXTRAL
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    model = ckpt.load_hf_model(checkpoint_dir).to(device)
-    replace_moe_blocks(model, checkpoint_dir, tp_size=world_size, tp_rank=rank)
-    golden, _ = ckpt.read_golden(checkpoint_dir)
-    out = ckpt.golden_run(model, golden["input_ids"].to(device), golden["prompt_ids"].to(device))
-    return {name: t.cpu() for name, t in out.items()}
-
-
-def check_tiny_model_tp(tp_size: int, backend: str | None = None, checkpoint_dir: str | None = None) -> dict:
-    """Run the tiny Mixtral with TP = ``tp_size`` processes and compare every rank with the golden outputs
-    of the unmodified transformers model: logits by relative error, greedy tokens exactly."""
-    from . import checkpoint as ckpt
-    from . import runtime
-    from .parallel import launch
-    from .testing import rel_err
-
-    backend = backend or ("nccl" if runtime.HAS_CUDA else "gloo")
-    checkpoint_dir = checkpoint_dir or ckpt.TINY_MIXTRAL
-    golden, _ = ckpt.read_golden(checkpoint_dir)
-    outs = launch(tiny_model_rank, tp_size, args=(str(checkpoint_dir),), backend=backend, timeout=300.0)
-    ranks = [
-        {"rank": r, "logits_rel_err": rel_err(o["logits"], golden["logits"]),
-         "greedy_equal": bool(torch.equal(o["greedy_ids"], golden["greedy_ids"]))}
-        for r, o in enumerate(outs)
-    ]
-    return {"tp": tp_size, "backend": backend, "device": runtime.device_name(), "ranks": ranks,
-            "passed": all(r["logits_rel_err"] <= 1e-5 and r["greedy_equal"] for r in ranks)}
-
-
-__all__ = ["MixtralMoE", "moe_blocks", "replace_moe_blocks", "record_routing", "tiny_model_rank",
-           "check_tiny_model_tp"]
-
-if __name__ == "__main__":  # python -m moe_lib.layer --tp 2 [--out result.json]
-    import argparse
-    import json
-
-    parser = argparse.ArgumentParser(description="The tiny Mixtral, tensor-parallel, against its golden outputs")
-    parser.add_argument("--tp", type=int, default=2)
-    parser.add_argument("--backend", default=None)
-    parser.add_argument("--out", default=None)
-    cli = parser.parse_args()
-    # The ranks import the rank function by name: use the module's own copy, not this __main__ one.
-    import importlib
-
-    result = importlib.import_module("moe_lib.layer").check_tiny_model_tp(cli.tp, cli.backend)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if cli.out:
-        Path(cli.out).write_text(text + "\n")
-    raise SystemExit(0 if result["passed"] else 1)
+__all__ = ["MixtralMoE"]

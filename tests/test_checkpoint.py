@@ -1,6 +1,6 @@
-"""moe_lib.checkpoint: reading one layer out of single-file and sharded safetensors checkpoints, refusing pickles,
-clear errors for truncated, corrupt and incomplete files, and the tiny checkpoint being exactly what
-``make-tiny`` makes."""
+"""moe_lib.checkpoint: parsing Hugging Face MoE names, reading one layer out of single-file and sharded safetensors
+checkpoints, refusing pickles, clear errors for truncated, corrupt and incomplete files, and the tiny checkpoint
+being exactly what ``make-tiny`` makes."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+import safetensors
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from moe_lib import checkpoint as ck
-from moe_lib.checkpoint import CheckpointError
+from moe_lib.checkpoint import CheckpointError, MoEName
 from moe_lib.config import MoEConfig
 from moe_lib.layer import MixtralMoE
 
@@ -53,6 +54,54 @@ def copy_tiny(dst: Path) -> Path:
     for name in ("config.json", "model.safetensors"):
         shutil.copy(TINY / name, dst / name)
     return dst
+
+
+# ----------------------------------------------------------------------------------------------------
+# Hugging Face names
+# ----------------------------------------------------------------------------------------------------
+L0 = "model.layers.0.block_sparse_moe."
+F3 = "language_model.model.layers.3.mlp."
+
+
+@pytest.mark.parametrize(
+    "name,parsed,layer",
+    [
+        (L0 + "gate.weight", MoEName(L0, "gate"), 0),
+        (L0 + "experts.7.w1.weight", MoEName(L0, "w1", 7), 0),
+        (L0 + "experts.12.w2.weight", MoEName(L0, "w2", 12), 0),
+        ("block_sparse_moe.experts.0.w3.weight", MoEName("block_sparse_moe.", "w3", 0), None),
+        ("layers.17.block_sparse_moe.gate.weight", MoEName("layers.17.block_sparse_moe.", "gate"), 17),
+        (F3 + "gate.weight", MoEName(F3, "gate"), 3),
+        (F3 + "experts.gate_up_proj", MoEName(F3, "gate_up"), 3),
+        (F3 + "experts.down_proj", MoEName(F3, "down"), 3),
+        ("mlp.experts.down_proj", MoEName("mlp.", "down"), None),
+        # under a MoE block, but not a tensor the layer knows: the reader hands them over, the layer refuses them
+        (L0 + "experts.0.w4.weight", None, 0),
+        (L0 + "experts.0.w1.bias", None, 0),
+        (L0 + "experts.gate_up_proj", None, 0),  # a fused name under a legacy block
+        (F3 + "experts.0.w1.weight", None, 3),  # a legacy name under a fused block
+        # not MoE at all
+        ("model.layers.0.mlp.gate_proj.weight", None, None),  # a dense model's MLP
+        ("model.layers.0.self_attn.q_proj.weight", None, None),
+        ("lm_head.weight", None, None),
+    ],
+)
+def test_moe_names(name, parsed, layer):
+    assert ck.parse_moe_name(name) == parsed
+    assert ck.moe_layer_of(name) == layer
+    if parsed is not None:
+        assert parsed.name == name  # the inverse
+
+
+def test_complete_moe_names_and_layer_index():
+    legacy = ck.complete_moe_names(L0, E)
+    assert len(legacy) == 3 * E + 1 and legacy[0] == MoEName(L0, "gate")
+    assert {n.name for n in legacy} == set(ck.open_checkpoint(TINY).moe_names(0))
+    assert [n.name for n in ck.complete_moe_names(F3, E)] == [
+        F3 + "gate.weight", F3 + "experts.gate_up_proj", F3 + "experts.down_proj"]
+    assert [ck.layer_index(n) for n in ("model.layers.3.mlp", "model.layers.3.mlp.", "layers.0.block_sparse_moe",
+                                        "model.layers.3", "model.layers.3.mlp.experts", "extra")] == [
+        3, 3, 0, None, None, None]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -101,7 +150,13 @@ def test_make_tiny_reproduces_the_committed_files(tmp_path):
         new, old = all_tensors(tmp_path / "tiny" / name), all_tensors(TINY / name)
         assert new.keys() == old.keys()
         for key in old:
-            assert torch.equal(new[key], old[key]), f"{name}: {key} differs from the committed file"
+            if key == "logits":
+                # fp32 matmuls round differently on another CPU (BLAS picks its kernels per processor): the
+                # weights, inputs and greedy tokens are bitwise, the logits equal to fp32 rounding.
+                err = ((new[key] - old[key]).norm() / old[key].norm()).item()
+                assert err < 1e-5, f"{name}: logits differ from the committed file by {err:.1e}"
+            else:
+                assert torch.equal(new[key], old[key]), f"{name}: {key} differs from the committed file"
     assert json.loads((tmp_path / "tiny" / "config.json").read_text()) == ck.read_config(TINY)
 
 
@@ -119,7 +174,7 @@ def test_read_layer_equals_file_contents(layer, tiny_tensors):
 def test_reads_only_the_layers_tensors(monkeypatch):
     """safe_open hands out only the asked-for tensors: nothing else of the model is read."""
     requested = []
-    real_safe_open = ck.safe_open
+    real_safe_open = safetensors.safe_open
 
     class Spy:
         def __init__(self, *a, **kw):
@@ -139,7 +194,7 @@ def test_reads_only_the_layers_tensors(monkeypatch):
         def __getattr__(self, name):
             return getattr(self._inner, name)
 
-    monkeypatch.setattr(ck, "safe_open", Spy)
+    monkeypatch.setattr(safetensors, "safe_open", Spy)
     list(ck.iter_moe_weights(TINY, 1))
     assert len(requested) == 3 * E + 1 and all(n.startswith("model.layers.1.block_sparse_moe.") for n in requested)
 

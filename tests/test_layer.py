@@ -1,6 +1,7 @@
 """moe_lib.layer: MixtralMoE against an fp64 oracle and HF's block, its tensor-parallel shards (in process and
-over gloo), load_weights' all-or-nothing checks, and the whole tiny Mixtral with every MoE block swapped.
-Also the figures of notebook 09 (moe_lib.teach.viz.layer)."""
+over gloo), and load_weights' all-or-nothing checks. Also the figures of notebook 09 (moe_lib.teach.viz.layer).
+The whole model with its blocks swapped is tests/test_model.py; on real TP processes, tests/parallel/test_golden.py.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from matplotlib.figure import Figure
 from moe_lib import checkpoint as ckpt_mod
 from moe_lib import runtime
 from moe_lib.kernels.routing import topk_softmax
-from moe_lib.layer import MixtralMoE, moe_blocks, record_routing, replace_moe_blocks
+from moe_lib.layer import MixtralMoE
 from moe_lib.parallel import shard_w2, shard_w13
 from moe_lib.reference import moe_reference
 from moe_lib.teach.viz import layer as viz_layer
@@ -274,7 +275,7 @@ def test_legacy_names_under_any_prefix(prefix, layer0, device):
 
 def test_fused_names_from_an_hf_model(device):
     model = ckpt_mod.load_hf_model(TINY)
-    for layer_idx, block in enumerate(m for _, m in moe_blocks(model)):
+    for layer_idx, block in enumerate(decoder.mlp for decoder in model.model.layers):
         layer = MixtralMoE(E, K, H, I, device=device)
         names = layer.load_weights({f"model.layers.{layer_idx}.mlp.{k}": t for k, t in block.state_dict().items()})
         assert len(names) == 3
@@ -375,90 +376,6 @@ def test_load_weights_bad_entries(layer0, device):
 
 
 # ----------------------------------------------------------------------------------------------------
-# the whole model
-# ----------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def golden():
-    return ckpt_mod.read_golden(TINY)[0]
-
-
-def test_swapped_model_matches_hf_and_golden(golden, device):
-    hf = ckpt_mod.load_hf_model(TINY).to(device)
-    model = ckpt_mod.load_hf_model(TINY).to(device)
-    layers = replace_moe_blocks(model, TINY)
-    assert len(layers) == 2 and not moe_blocks(model)
-    assert [type(layer.mlp) for layer in model.model.layers] == [MixtralMoE, MixtralMoE]
-    ids = golden["input_ids"].to(device)
-    with torch.no_grad():
-        ref, ours = hf(ids).logits, model(ids).logits
-    tol = tolerance(torch.float32)
-    assert_close(ref, golden["logits"], tol=tol, what="unmodified HF model vs golden")
-    assert_close(ours, ref, tol=tol, what="swapped vs HF")
-    assert_close(ours, golden["logits"], tol=tol, what="swapped vs golden")
-
-    greedy = ckpt_mod.golden_run(model, ids, golden["prompt_ids"].to(device))["greedy_ids"]
-    assert torch.equal(greedy.cpu(), golden["greedy_ids"])
-
-    # The comparison is sensitive: one expert of the last layer with its output halved moves the logits.
-    with torch.no_grad():
-        layers[1].w2[3].mul_(0.5)
-        perturbed = model(ids).logits
-    assert rel_err(perturbed, golden["logits"]) > 100 * tol
-
-
-def test_swap_from_the_models_own_weights(golden, device):
-    """checkpoint=None: each layer loads from the block it replaces (transformers 5.x names)."""
-    model = ckpt_mod.tiny_mixtral_model(seed=1).to(device)  # other weights than the checkpoint's
-    ids = golden["input_ids"].to(device)
-    with torch.no_grad():
-        ref = model(ids).logits
-        replace_moe_blocks(model)
-        ours = model(ids).logits
-    assert_close(ours, ref, tol=tolerance(torch.float32))
-    assert rel_err(ours, golden["logits"]) > 0.1  # and not the checkpoint's model
-
-
-def test_swap_is_all_or_nothing(tmp_path):
-    """A checkpoint whose layer 1 is broken leaves every block of the model in place."""
-    from safetensors.torch import save_file
-
-    tensors = ckpt_mod.read_moe_weights(TINY, 0) | {
-        n: t for n, t in ckpt_mod.read_moe_weights(TINY, 1).items() if ".experts.6." not in n
-    }
-    save_file(tensors, str(tmp_path / "model.safetensors"))
-    model = ckpt_mod.load_hf_model(TINY)
-    with pytest.raises(ValueError, match=r"missing \(3\): model\.layers\.1\.block_sparse_moe\.experts\.6\."):
-        replace_moe_blocks(model, tmp_path)
-    assert len(moe_blocks(model)) == 2
-
-
-def test_replace_bad_args():
-    with pytest.raises(TypeError, match="model"):
-        replace_moe_blocks("model")
-    with pytest.raises(ValueError, match="no MixtralSparseMoeBlock"):
-        replace_moe_blocks(torch.nn.Linear(2, 2))
-
-
-def test_record_routing_logs_what_the_layer_used(layer0, gen, device):
-    layer = loaded_layer(layer0, device)
-    other = loaded_layer(layer0, device)
-    x1, x2 = torch.randn(6, H, generator=gen).to(device), torch.randn(2, 3, H, generator=gen).to(device)
-    with record_routing([layer, other]) as log:
-        layer(x1)
-        layer(x2)
-    layer(x1)  # outside: not recorded
-    assert [len(calls) for calls in log] == [2, 0]
-    for (w, ids), x in zip(log[0], (x1, x2.reshape(-1, H)), strict=True):
-        ref_w, ref_ids = topk_softmax(x @ layer.gate.weight.T, K)
-        assert torch.equal(ids, ref_ids)
-        assert_close(w, ref_w, tol=1e-6)
-    assert layer._routing_log is None
-    with pytest.raises(TypeError, match=r"layers\[1\]"):
-        with record_routing([layer, torch.nn.Linear(2, 2)]):
-            pass
-
-
-# ----------------------------------------------------------------------------------------------------
 # figures (moe_lib.teach.viz.layer)
 # ----------------------------------------------------------------------------------------------------
 @pytest.fixture
@@ -532,12 +449,3 @@ def test_bf16_layer_on_gpu(layer0, gen, device):
     x = torch.randn(300, H, generator=gen).to(device, torch.bfloat16)
     assert_close(layer(x), oracle(layer, x), tol=tolerance(torch.bfloat16))
 
-
-@pytest.mark.skipif(runtime.HAS_CUDA and torch.cuda.device_count() < 2, reason="NCCL TP=2 needs two GPUs")
-def test_whole_tiny_model_tensor_parallel_on_two_processes():
-    """Issue 6 end to end: every MoE block a TP=2 shard on real processes, logits and greedy tokens as HF's."""
-    from moe_lib.layer import check_tiny_model_tp
-
-    result = check_tiny_model_tp(2)
-    assert result["passed"], result
-    assert [r["rank"] for r in result["ranks"]] == [0, 1]

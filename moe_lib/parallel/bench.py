@@ -29,7 +29,6 @@ import functools
 import json
 import os
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +40,7 @@ import triton
 from .. import runtime
 from ..config import MIXTRAL_8X7B
 from ..kernels.experts import fused_moe, make_plan
+from ..perf import timing
 from ..testing import rel_err, tolerance
 from .launch import NCCL_ENV_DEFAULTS
 from .shard import shard_w2, shard_w13
@@ -60,31 +60,17 @@ def _sync(device: torch.device) -> None:
 
 def time_calls(fn: Callable[[], object], device: torch.device, *, calls: int, reps: int, warmup: int,
                sync_ranks: bool, before_each: Callable[[], object] | None = None) -> list[float]:
-    """µs per call: ``reps`` samples of ``calls`` back-to-back calls (CUDA events on a GPU, else wall clock)."""
-    for _ in range(warmup):
-        for _ in range(calls):
-            fn()
-    samples = []
-    for _ in range(reps):
+    """µs per call (moe_lib.perf.timing's one timer); with ``sync_ranks`` every rank synchronizes and meets at
+    a barrier before each sample, so a communicating phase does not time a late peer."""
+
+    def before():
         if before_each is not None:
             before_each()
         _sync(device)
         if sync_ranks:
             dist.barrier()  # every rank arrives before anyone starts the sample
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(calls):
-                fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end) * 1e3 / calls)
-        else:
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            samples.append((time.perf_counter() - t0) * 1e6 / calls)
-    return samples
+
+    return timing.time_calls(fn, calls=calls, reps=reps, warmup=warmup, device=device, before_each=before)
 
 
 def _median(samples: list[float]) -> float:

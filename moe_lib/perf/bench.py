@@ -109,7 +109,7 @@ LAYERS = {"moe_lib": layer_moe_lib, "loop": layer_loop, "grouped_mm": layer_grou
 def time_layer_graph(fn, x, w13, w2, top_k, calls=10, replays=20, logits_pool=None, config=None) -> float:
     """µs per layer call: a CUDA graph of `calls` calls, a fresh routing input before each replay."""
     logits = logits_pool[0].clone()
-    replay = iter(range(10**9))
+    replay = iter(range(2, 10**9))  # timed replays use pool entries 2, 3, ... (as every recorded run did)
 
     def fresh_logits():
         logits.copy_(logits_pool[next(replay) % len(logits_pool)])
@@ -119,7 +119,7 @@ def time_layer_graph(fn, x, w13, w2, top_k, calls=10, replays=20, logits_pool=No
 
 def time_layer_eager(fn, x, w13, w2, top_k, replays=20, logits_pool=None, config=None) -> float:
     logits = logits_pool[0].clone()
-    replay = iter(range(10**9))
+    replay = iter(range(2, 10**9))  # timed replays use pool entries 2, 3, ... (as every recorded run did)
 
     def fresh_logits():
         logits.copy_(logits_pool[next(replay) % len(logits_pool)])
@@ -217,7 +217,7 @@ def run(tps=TP_VALUES, ms=M_VALUES, impls=IMPLS, calls=10, replays=20, out_path=
             # At small M the floor depends on how many distinct experts each drawn routing touches: the
             # floor of a point is the median, over the timed replays, of the floor of the routing replayed.
             touched = [topk_softmax_triton(lg, top_k)[1].unique().numel() for lg in pool]
-            replayed = [touched[i % len(pool)] for i in range(replays)]  # the pool entries the timed replays use
+            replayed = [touched[i % len(pool)] for i in range(2, replays + 2)]  # the entries the timed replays use
             fl = floor_us(m, tp, ceilings, experts=statistics.median(replayed))
             expected = floor_us(m, tp, ceilings)["floor_us"]
             for impl in impls:

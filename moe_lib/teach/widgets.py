@@ -1,5 +1,5 @@
-"""Interactive explorers for JupyterLab, built on the static figures of :mod:`moe_lib.viz`,
-:mod:`moe_lib.viz_kernels` and :mod:`moe_lib.viz_parallel`.
+"""Interactive explorers for JupyterLab, built on the static figures of :mod:`moe_lib.teach.viz` (so their
+colours are those of :mod:`moe_lib.teach.viz.style`, as in every other figure).
 
     routing_explorer     tokens, top_k, seed  -> routing heatmap and expert-load histogram
     alignment_explorer   BLOCK_M, tokens, seed -> the padded, expert-sorted layout and its waste
@@ -12,10 +12,11 @@ straight into the Output widget's ``outputs`` (a PNG and a line of text), not th
 ``clear_output``: that works the same in a kernel, in a plain Python process (the tests) and under nbval,
 where the cell's own output stays one deterministic widget view.
 
-Everything is small and runs on the CPU in well under a second: routing uses :func:`moe_lib.routing.topk_softmax`,
-alignment the torch specification :func:`moe_lib.kernels.align.moe_align_block_size_torch`, and the tensor
-parallel shards are cut by :func:`moe_lib.parallel.shard_w13` / :func:`~moe_lib.parallel.shard_w2` from
-weights on the ``meta`` device (shapes without memory).
+Everything is small and runs on the CPU in well under a second: routing uses
+:func:`moe_lib.kernels.routing.topk_softmax`, alignment the torch specification
+:func:`moe_lib.kernels.align.moe_align_block_size_torch`, and the tensor parallel shards are cut by
+:func:`moe_lib.parallel.shard_w13` / :func:`~moe_lib.parallel.shard_w2` from weights on the ``meta`` device
+(shapes without memory).
 """
 
 from __future__ import annotations
@@ -25,12 +26,19 @@ import io
 from collections.abc import Callable, Mapping
 
 import ipywidgets as W
+import torch
 from matplotlib.figure import Figure
 
 from .._validate import check_int
 from ..config import MIXTRAL_8X7B, MoEConfig
+from ..kernels.align import moe_align_block_size_torch
+from ..kernels.routing import topk_softmax
+from ..parallel.shard import shard_w2, shard_w13
+from ..testing import randn, seeded
+from . import viz
+from .viz.style import check_config
 
-#: Resolution of the PNGs the explorers draw (the figures are sized in inches by moe_lib.viz*).
+#: Resolution of the PNGs the explorers draw (the figures are sized in inches by moe_lib.teach.viz).
 DPI = 80
 
 
@@ -103,7 +111,7 @@ def _slider(description: str, value: int, low: int, high: int, step: int = 1) ->
 def routing_explorer(*, num_experts: int = 8, num_tokens: int = 32, top_k: int = 2, seed: int = 0) -> Explorer:
     """Route random logits: sliders for tokens, top_k and seed; a routing heatmap and the expert load.
 
-    The logits are N(0, 1), drawn from ``seed``; routing is :func:`moe_lib.routing.topk_softmax`
+    The logits are N(0, 1), drawn from ``seed``; routing is :func:`moe_lib.kernels.routing.topk_softmax`
     (fp32 softmax, top-k with ties to the lower id, renormalized). The text line gives the busiest and the
     idlest expert against the balanced load M k / E.
     """
@@ -111,9 +119,6 @@ def routing_explorer(*, num_experts: int = 8, num_tokens: int = 32, top_k: int =
     check_int("num_tokens", num_tokens, low=1, high=256)
     check_int("top_k", top_k, low=1, high=num_experts)
     check_int("seed", seed, low=0, high=999)
-    from ..kernels.routing import topk_softmax
-    from ..testing import randn, seeded
-    from . import viz
 
     def draw(num_tokens: int, top_k: int, seed: int) -> tuple[str, Figure]:
         logits = randn(num_tokens, num_experts, generator=seeded(seed))  # (M, E)
@@ -154,10 +159,6 @@ def alignment_explorer(
     check_int("block_m", block_m)
     if block_m not in BLOCK_M_CHOICES:
         raise ValueError(f"block_m must be one of {BLOCK_M_CHOICES}, got {block_m}")
-    from ..kernels.align import moe_align_block_size_torch
-    from ..kernels.routing import topk_softmax
-    from ..testing import randn, seeded
-    from .viz import kernels as viz_kernels
 
     def draw(block_m: int, num_tokens: int, seed: int) -> tuple[str, Figure]:
         _, ids = topk_softmax(randn(num_tokens, num_experts, generator=seeded(seed)), top_k)  # (M, k)
@@ -166,8 +167,8 @@ def alignment_explorer(
         text = (f"BLOCK_M = {block_m}: {rows} rows -> {padded} slots in use, {padded - rows} of them padding "
                 f"({100 * (padded - rows) / padded:.0f} % of the rows computed)\n"
                 f"buffer: {sorted_ids.numel()} slots, the worst case {rows} + {num_experts} x {block_m - 1}")
-        fig = viz_kernels.alignment_layout(sorted_ids, expert_ids, total, block_size=block_m, num_valid=rows,
-                                           num_experts=num_experts)
+        fig = viz.alignment_layout(sorted_ids, expert_ids, total, block_size=block_m, num_valid=rows,
+                                    num_experts=num_experts)
         return text, fig
 
     controls = {
@@ -192,14 +193,9 @@ def tp_shard_table(config: MoEConfig, tp_size: int, num_tokens: int) -> str:
     not a formula's. The all-reduce sums each rank's (M, H) partial output; a ring all-reduce sends
     2 (tp - 1) / tp x M x H values from every rank.
     """
-    if not isinstance(config, MoEConfig):
-        raise TypeError(f"config must be a moe_lib.config.MoEConfig, got {type(config).__name__}")
+    check_config(config)
     check_int("tp_size", tp_size, low=1)
     check_int("num_tokens", num_tokens, low=1)
-    import torch
-
-    from ..parallel.shard import shard_w2, shard_w13
-
     E, H, I = config.num_experts, config.hidden_size, config.intermediate_size
     if I % tp_size:
         raise ValueError(f"tp_size ({tp_size}) must divide the intermediate size {I}")
@@ -226,10 +222,9 @@ def tp_explorer(config: MoEConfig = MIXTRAL_8X7B, *, tp_size: int = 2, num_token
     """Tensor parallel: a tp-size slider and a token slider; the shard shapes, bytes per rank, bytes moved.
 
     The figure is one expert's w13 and w2, each band coloured by the rank that holds it
-    (:func:`moe_lib.viz_parallel.tp_shards`); the text is :func:`tp_shard_table`.
+    (:func:`moe_lib.teach.viz.parallel.tp_shards`); the text is :func:`tp_shard_table`.
     """
-    if not isinstance(config, MoEConfig):
-        raise TypeError(f"config must be a moe_lib.config.MoEConfig, got {type(config).__name__}")
+    check_config(config)
     tp_choices = [t for t in (1, 2, 4, 8, 16) if config.intermediate_size % t == 0]
     check_int("tp_size", tp_size)
     if tp_size not in tp_choices:
@@ -237,11 +232,10 @@ def tp_explorer(config: MoEConfig = MIXTRAL_8X7B, *, tp_size: int = 2, num_token
     check_int("num_tokens", num_tokens)
     if num_tokens not in TOKEN_CHOICES:
         raise ValueError(f"num_tokens must be a power of two in [1, 4096], got {num_tokens}")
-    from .viz import parallel as viz_parallel
 
     def draw(tp_size: int, num_tokens: int) -> tuple[str, Figure]:
         text = tp_shard_table(config, tp_size, num_tokens)
-        return text, viz_parallel.tp_shards(config.hidden_size, config.intermediate_size, tp_size)
+        return text, viz.tp_shards(config.hidden_size, config.intermediate_size, tp_size)
 
     controls = {
         "tp_size": W.SelectionSlider(options=tp_choices, value=tp_size, description="tp size",

@@ -1,4 +1,4 @@
-"""Slides: the cells of notebooks 00-09 carry slide types, and nbconvert builds reveal.js decks from them.
+"""Slides: the cells of every numbered notebook carry slide types, and nbconvert builds reveal.js decks from them.
 
 `make slides` runs `jupyter nbconvert --to slides` over the notebooks; here the same exporter runs in-process
 on two notebooks and the deck's structure is compared with the cells' slide types.
@@ -11,11 +11,11 @@ import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
-import jupytext
 import pytest
 
+jupytext = pytest.importorskip("jupytext")  # not on the GPU machine: skip there, never error
 ROOT = Path(__file__).resolve().parents[2]
-SLIDE_NOTEBOOKS = sorted((ROOT / "notebooks").glob("0[0-9]_*.py"))
+SLIDE_NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
 SLIDE_TYPES = {"slide", "subslide", "fragment", "-", "skip", "notes"}
 
 
@@ -24,8 +24,9 @@ def _slide_types(pair: Path) -> list[tuple[str, str, str | None]]:
     return [(c.cell_type, c.source, c.metadata.get("slideshow", {}).get("slide_type")) for c in nb.cells]
 
 
-def test_notebooks_00_to_09_are_there():
-    assert [p.name[:2] for p in SLIDE_NOTEBOOKS] == [f"{i:02d}" for i in range(10)]
+def test_notebooks_are_numbered_from_00_without_gaps():
+    numbers = [int(p.name[:2]) for p in SLIDE_NOTEBOOKS]
+    assert numbers and numbers == list(range(len(numbers)))
 
 
 @pytest.mark.parametrize("pair", SLIDE_NOTEBOOKS, ids=[p.stem for p in SLIDE_NOTEBOOKS])

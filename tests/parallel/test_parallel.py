@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from moe_lib import runtime
-from moe_lib.kernels.fused_moe import fused_experts
+from moe_lib.kernels.experts import fused_experts
 from moe_lib.parallel import (
     Case,
     EplbPlan,

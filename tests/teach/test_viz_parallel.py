@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 
 from moe_lib.parallel import expert_owner, plan_eplb, rank_loads
 from moe_lib.teach.viz import parallel as vp
+from moe_lib.teach.viz.style import expert_colors, rank_colors
 
 pytestmark = pytest.mark.usefixtures("no_pyplot_figures")
 
@@ -44,7 +45,7 @@ def test_tp_shards(hidden, inter, tp):
     assert isinstance(fig, Figure)
     w1, w3, w2 = _patches(fig, "w13-w1-"), _patches(fig, "w13-w3-"), _patches(fig, "w2-")
     assert len(w1) == len(w3) == len(w2) == tp
-    colors = vp.rank_colors(tp)
+    colors = rank_colors(tp)
     for r in range(tp):  # rank r's w1 band sits r bands below the top; its w2 band r bands right of the left
         band = next(p for p in w1 if p.get_gid() == f"w13-w1-{r}")
         assert band.get_y() == pytest.approx(2 * inter - (r + 1) * inter / tp)
@@ -93,7 +94,7 @@ def test_expert_placement_and_loads():
     fig = vp.expert_placement(plan.phys_to_log, 4, num_logical=8, loads=loads)
     cells = _patches(fig, "slot-")
     assert len(cells) == 12
-    colors = vp.expert_colors(8)
+    colors = expert_colors(8)
     texts = [t.get_text() for t in fig.axes[0].texts]
     for phys, e in enumerate(plan.phys_to_log.tolist()):
         cell = next(c for c in cells if c.get_gid() == f"slot-{phys}")

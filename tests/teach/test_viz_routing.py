@@ -1,4 +1,4 @@
-"""moe_lib.teach.viz: each figure function returns a Figure with the expected axes and artists, draws the same
+"""moe_lib.teach.viz.routing: each figure function returns a Figure with the expected axes and artists, draws the same
 picture for the same inputs, keeps pyplot's global state untouched, and rejects bad input by name."""
 
 from __future__ import annotations
@@ -135,20 +135,6 @@ def test_weight_traffic(config, ridge):
     assert intensity[0] == pytest.approx(2 / config.bytes_per_element)  # one token: 2 FLOPs per weight read
 
 
-def test_expected_experts_touched(gen):
-    E, k = 8, 2
-    assert viz.expected_experts_touched(E, k, 0) == 0.0
-    assert viz.expected_experts_touched(E, k, 1) == pytest.approx(k)
-    assert viz.expected_experts_touched(E, k, 200) == pytest.approx(E)
-    # Against a simulation: random logits route every token to a uniformly random k-subset.
-    M, trials = 4, 2000
-    _, ids = topk_softmax(torch.randn(trials * M, E, generator=gen), k)
-    hit = torch.nn.functional.one_hot(ids.long(), E).view(trials, M * k, E).amax(dim=1)  # (trials, E)
-    assert hit.sum(dim=1).double().mean().item() == pytest.approx(
-        viz.expected_experts_touched(E, k, M), abs=0.1
-    )
-
-
 @pytest.mark.parametrize("config,layers", [(MIXTRAL_8X7B, 32), (TINY, 1)])
 def test_moe_parameters(config, layers):
     fig = viz.moe_parameters(config, num_layers=layers)
@@ -190,8 +176,6 @@ BAD = [
     (lambda: viz.token_probabilities(torch.ones(2, 8)), ValueError, "probs"),
     (lambda: viz.token_probabilities(torch.ones(8), torch.tensor([9])), ValueError, "chosen"),
     (lambda: viz.token_probabilities(torch.ones(8), torch.tensor([1.0])), TypeError, "chosen"),
-    (lambda: viz.expected_experts_touched(8, 9, 1), ValueError, "top_k"),
-    (lambda: viz.expected_experts_touched(8, 2, -1), ValueError, "num_tokens"),
     (lambda: viz.weight_traffic("mixtral", [1]), TypeError, "config"),
     (lambda: viz.weight_traffic(TINY, 4), TypeError, "token_counts"),
     (lambda: viz.weight_traffic(TINY, []), ValueError, "token_counts"),

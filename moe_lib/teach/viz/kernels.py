@@ -1,8 +1,4 @@
-"""Figures for the kernel notebooks (04 alignment, 05 fused kernel), in the style of :mod:`moe_lib.viz`.
-
-Every function checks its inputs, builds a :class:`matplotlib.figure.Figure` without ``pyplot`` (nothing
-is registered globally, nothing is shown) and returns it; the same inputs always draw the same picture.
-In a notebook, end the cell with the returned figure to show it exactly once.
+"""Figures for the kernel notebooks (04 alignment, 05 fused kernel).
 
     alignment_layout     the expert-sorted, block-padded rows that moe_align_block_size produces
     padding_waste        the fraction of padded rows against the batch size, for several BLOCK_M
@@ -22,20 +18,24 @@ from matplotlib.collections import PatchCollection
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
-from matplotlib.ticker import FuncFormatter, LogLocator
 
-from ..._validate import check_int, check_tensor
-from .routing import GUIDE, OTHER, _check_str
-
-_INT_DTYPES = (torch.int32, torch.int64)
-
-#: Styles of the slots of an aligned layout that hold no (token, slot) row of this rank.
-PADDING_STYLE = {"facecolor": "0.82", "edgecolor": "0.45", "hatch": "////"}
-UNUSED_STYLE = {"facecolor": "white", "edgecolor": "0.8"}
-REMOTE_STYLE = {"facecolor": "0.95", "edgecolor": "0.55", "hatch": "xx"}
-_PLAIN = FuncFormatter(lambda value, _pos: f"{value:g}")  # 200, 1000, 5000 rather than 2x10^2 ...
-#: Fixed colours of the benchmarked implementations, so every figure and notebook agrees.
-IMPL_COLORS = {"moe_lib": "tab:blue", "grouped_mm": "tab:green", "loop": "tab:red"}
+from ..._validate import INT_DTYPES, check_int, check_tensor
+from .style import (
+    GUIDE,
+    IMPL_COLORS,
+    OTHER,
+    PADDING_STYLE,
+    PLAIN,
+    REMOTE_STYLE,
+    UNUSED_STYLE,
+    check_runs,
+    check_str,
+    expert_colors,
+    figure_legend,
+    int_list,
+    log_axes,
+    series_colors,
+)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -43,7 +43,7 @@ IMPL_COLORS = {"moe_lib": "tab:blue", "grouped_mm": "tab:green", "loop": "tab:re
 # ----------------------------------------------------------------------------------------------------
 def _int_vector(name: str, t) -> np.ndarray:
     """A non-empty 1-D integer tensor -> int64 numpy array."""
-    check_tensor(name, t, ndim=1, dtypes=_INT_DTYPES)
+    check_tensor(name, t, ndim=1, dtypes=INT_DTYPES)
     if t.numel() == 0:
         raise ValueError(f"{name} must not be empty, got shape {tuple(t.shape)}")
     return t.detach().to("cpu", torch.int64).numpy()
@@ -52,32 +52,11 @@ def _int_vector(name: str, t) -> np.ndarray:
 def _scalar_int(name: str, value) -> int:
     """An int, or a one-element integer tensor (as the kernels return it)."""
     if isinstance(value, torch.Tensor):
-        check_tensor(name, value, dtypes=_INT_DTYPES)
+        check_tensor(name, value, dtypes=INT_DTYPES)
         if value.numel() != 1:
             raise ValueError(f"{name} must hold one element, got shape {tuple(value.shape)}")
         return int(value.item())
     return check_int(name, value)
-
-
-def _int_sequence(name: str, values, *, low: int) -> list[int]:
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise TypeError(f"{name} must be a sequence of ints, got {type(values).__name__}")
-    if len(values) == 0:
-        raise ValueError(f"{name} must hold at least one value")
-    return [check_int(f"{name}[{i}]", v, low=low) for i, v in enumerate(values)]
-
-
-def _expert_colors(num_experts: int) -> list:
-    """One colour per expert id: tab10 / tab20 (no grey) for few experts, an even sweep of a wide map for many."""
-    from matplotlib import colormaps
-
-    # The greys of tab10 / tab20 are left out: grey means padding in these figures.
-    if num_experts <= 9:
-        return [colormaps["tab10"](e) for e in (0, 1, 2, 3, 4, 5, 6, 8, 9)[:num_experts]]
-    if num_experts <= 18:
-        return [colormaps["tab20"](e) for e in range(20) if e not in (14, 15)][:num_experts]
-    cmap = colormaps["turbo"]
-    return [cmap(0.05 + 0.9 * e / (num_experts - 1)) for e in range(num_experts)]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -120,8 +99,8 @@ def alignment_layout(
     check_int("num_experts", num_experts, low=1)
     total = _scalar_int("num_tokens_post_padded", num_tokens_post_padded)
     if title is not None:
-        _check_str("title", title)
-    _check_str("expert_label", expert_label)
+        check_str("title", title)
+    check_str("expert_label", expert_label)
     max_len = ids.shape[0]
     max_blocks = math.ceil(max_len / block_size)
     if blocks.shape[0] != max_blocks:
@@ -157,7 +136,7 @@ def alignment_layout(
     remote = real & (blocks[block_of] == -1)
     mine = real & ~remote
     padding = live & (ids == num_valid)
-    colors = _expert_colors(num_experts)
+    colors = expert_colors(num_experts)
 
     def rect(i: int) -> Rectangle:
         return Rectangle((i % per_row, (i // per_row) * pitch), 1.0, 1.0)
@@ -232,7 +211,7 @@ def padding_waste(
     BLOCK_M = B and ``num_tokens[i]`` tokens. The worst case pads every non-empty expert by B - 1 rows:
     ``P / (M k + P)`` with ``P = min(E, M k) (B - 1)``.
     """
-    counts = _int_sequence("num_tokens", num_tokens, low=1)
+    counts = int_list("num_tokens", num_tokens, low=1)
     check_int("num_experts", num_experts, low=1)
     check_int("top_k", top_k, low=1, high=num_experts)
     if not isinstance(wasted, Mapping):
@@ -240,7 +219,7 @@ def padding_waste(
     if len(wasted) == 0:
         raise ValueError("wasted must hold at least one BLOCK_M")
     if title is not None:
-        _check_str("title", title)
+        check_str("title", title)
     series = {}
     for block, values in wasted.items():
         check_int("wasted key (BLOCK_M)", block, low=1)
@@ -255,14 +234,14 @@ def padding_waste(
     numel = m * top_k
     fig = Figure(figsize=(7.0, 3.8), layout="constrained")
     ax = fig.add_subplot()
-    colors = _expert_colors(max(len(series), 3))[: len(series)]
+    colors = series_colors(len(series))
     for color, (block, values) in zip(colors, sorted(series.items()), strict=True):
         pad = np.minimum(num_experts, numel) * (block - 1)
         ax.plot(m, 100 * values, marker="o", markersize=4, color=color, label=f"BLOCK_M = {block}")
         ax.plot(m, 100 * pad / (numel + pad), linestyle="--", linewidth=1, color=color)
     ax.plot([], [], linestyle="--", color=OTHER, label="worst case $P/(Mk+P)$,\n$P = \\min(E, Mk)(B-1)$")
     ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_formatter(_PLAIN)
+    ax.xaxis.set_major_formatter(PLAIN)
     ax.set_ylim(0, 100)
     ax.set_xlabel("tokens per call, M")
     ax.set_ylabel("padding rows (% of padded total)")
@@ -349,11 +328,11 @@ def tile_program_ids(pid_maps: Mapping[str, torch.Tensor], *, title: str | None 
     if len(pid_maps) == 0:
         raise ValueError("pid_maps must hold at least one map")
     if title is not None:
-        _check_str("title", title)
+        check_str("title", title)
     maps = {}
     for key, grid in pid_maps.items():
-        _check_str("pid_maps key", key)
-        check_tensor(f"pid_maps[{key!r}]", grid, ndim=2, dtypes=_INT_DTYPES)
+        check_str("pid_maps key", key)
+        check_tensor(f"pid_maps[{key!r}]", grid, ndim=2, dtypes=INT_DTYPES)
         if grid.numel() == 0:
             raise ValueError(f"pid_maps[{key!r}] must not be empty, got shape {tuple(grid.shape)}")
         maps[key] = grid.detach().to("cpu", torch.int64).numpy()  # (num_pid_m, num_pid_n)
@@ -382,23 +361,6 @@ def tile_program_ids(pid_maps: Mapping[str, torch.Tensor], *, title: str | None 
     return fig
 
 
-def _check_runs(runs) -> list[Mapping]:
-    if isinstance(runs, (str, bytes, Mapping)) or not isinstance(runs, Sequence):
-        raise TypeError(f"runs must be a sequence of benchmark results (dicts), got {type(runs).__name__}")
-    if len(runs) == 0:
-        raise ValueError("runs must hold at least one benchmark result")
-    for i, run in enumerate(runs):
-        if not isinstance(run, Mapping):
-            raise TypeError(f"runs[{i}] must be a dict, got {type(run).__name__}")
-        missing = {"gpu", "records"} - set(run)
-        if missing:
-            raise ValueError(f"runs[{i}] lacks {sorted(missing)}")
-        for j, rec in enumerate(run["records"]):
-            if not isinstance(rec, Mapping) or not {"tp", "M", "impl", "us"} <= set(rec):
-                raise ValueError(f"runs[{i}]['records'][{j}] must be a dict with tp, M, impl and us")
-    return list(runs)
-
-
 def latency_vs_tokens(runs: Sequence[Mapping], *, tps: Sequence[int] = (1, 8)) -> Figure:
     """Recorded benchmarks: µs per layer call against M (log-log), one line per implementation.
 
@@ -406,8 +368,8 @@ def latency_vs_tokens(runs: Sequence[Mapping], *, tps: Sequence[int] = (1, 8)) -
     ``tps``; the dashed line is the run's floor (weight bytes / bandwidth or FLOPs / peak). Records whose
     ``us`` is None (an implementation that failed) are left out.
     """
-    runs = _check_runs(runs)
-    tps = _int_sequence("tps", tps, low=1)
+    runs = check_runs(runs, keys=("gpu", "records"), record_keys=("tp", "M", "impl", "us"))
+    tps = int_list("tps", tps, low=1)
     fig = Figure(figsize=(4.2 * len(tps) + 0.6, 3.3 * len(runs)), layout="constrained")
     axes = fig.subplots(len(runs), len(tps), squeeze=False)
     for row, run in zip(axes, runs, strict=True):
@@ -425,23 +387,11 @@ def latency_vs_tokens(runs: Sequence[Mapping], *, tps: Sequence[int] = (1, 8)) -
             if not mine:
                 ax.text(0.5, 0.5, f"no TP={tp} records", ha="center", va="center", transform=ax.transAxes)
             else:
-                ax.set_xscale("log", base=2)
-                ax.xaxis.set_major_formatter(_PLAIN)
-                ax.set_yscale("log")
-                ax.yaxis.set_major_formatter(_PLAIN)
-                ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
-                ax.yaxis.set_minor_formatter(_PLAIN)
+                log_axes(ax)
             ax.set_xlabel("tokens per call, M")
             ax.set_ylabel("µs per layer call")
             ax.set_title(f"{run['gpu']}, TP = {tp}", fontsize=10)
-            ax.grid(alpha=0.3, which="both")
-    legend = {}  # label -> handle, in order of appearance, once across all panels
-    for ax in axes.flat:
-        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-            legend.setdefault(label, handle)
-    if legend:
-        fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncol=len(legend), fontsize=9,
-                   frameon=False)
+    figure_legend(fig, axes.flat)
     return fig
 
 

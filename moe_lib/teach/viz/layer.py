@@ -1,9 +1,5 @@
 """Figures for notebook 09 (the layer): how checkpoint tensors become each rank's shards, and which experts a
-whole model uses along a sequence.
-
-Like :mod:`moe_lib.viz`, every function checks its inputs and returns a :class:`matplotlib.figure.Figure`
-built without pyplot (nothing global, nothing shown); the same inputs draw the same picture.
-"""
+whole model uses along a sequence."""
 
 from __future__ import annotations
 
@@ -15,14 +11,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from ..._validate import check_int
-from .routing import GUIDE, _check_routing, _check_str, _dense_weights
-
-
-def _rank_colors(tp_size: int) -> list:
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab10"] if tp_size <= 10 else colormaps["turbo"]
-    return [cmap(r) if tp_size <= 10 else cmap(0.05 + 0.9 * r / (tp_size - 1)) for r in range(tp_size)]
+from .routing import _check_routing, _dense_weights
+from .style import CHOSEN, GUIDE, check_str, rank_colors
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -40,7 +30,7 @@ def shard_layout(intermediate_size: int, tp_size: int) -> Figure:
     if intermediate_size % tp_size:
         raise ValueError(f"intermediate_size ({intermediate_size}) must be divisible by tp_size ({tp_size})")
     inter, part = intermediate_size, intermediate_size // tp_size
-    colors = _rank_colors(tp_size)
+    colors = rank_colors(tp_size)
     fig = Figure(figsize=(8.5, 3.2 + 0.25 * tp_size), layout="constrained")
     ax = fig.add_subplot()
     width, gap = 1.0, 0.9  # width of a column of rows, horizontal gap between columns
@@ -50,7 +40,7 @@ def shard_layout(intermediate_size: int, tp_size: int) -> Figure:
         for r in range(tp_size):
             top = offset + r * part
             ax.add_patch(Rectangle((0, -(top + part)), width, part, facecolor=colors[r], edgecolor="white",
-                                   alpha=0.55 if half else 0.95))
+                                   alpha=0.55 if half else 0.95, gid=f"w13-{label[:2]}-{r}"))
             if tp_size <= 8:
                 ax.text(width / 2, -(top + part / 2), f"{label[:2]}[{r * part}:{(r + 1) * part}]", ha="center",
                         va="center", fontsize=7)
@@ -63,7 +53,7 @@ def shard_layout(intermediate_size: int, tp_size: int) -> Figure:
         x = x0 + r * (width * 0.8 + 0.25)
         for half in range(2):
             ax.add_patch(Rectangle((x, -(half + 1) * part), width * 0.8, part, facecolor=colors[r],
-                                   edgecolor="white", alpha=0.55 if half else 0.95))
+                                   edgecolor="white", alpha=0.55 if half else 0.95, gid=f"local-w{1 + 2 * half}-{r}"))
             if tp_size <= 8:
                 ax.text(x + width * 0.4, -(half + 0.5) * part, f"w{1 + 2 * half}[{r * part}:{(r + 1) * part}]",
                         ha="center", va="center", fontsize=7)
@@ -74,7 +64,8 @@ def shard_layout(intermediate_size: int, tp_size: int) -> Figure:
     w2_width = 2.0 * width
     strip = w2_width / tp_size  # the drawn width of one rank's columns
     for r in range(tp_size):
-        ax.add_patch(Rectangle((x_w2 + r * strip, -inter), strip, inter, facecolor=colors[r], edgecolor="white"))
+        ax.add_patch(Rectangle((x_w2 + r * strip, -inter), strip, inter, facecolor=colors[r], edgecolor="white",
+                               gid=f"w2-{r}"))
     ax.add_patch(Rectangle((x_w2, -inter), w2_width, inter, fill=False, edgecolor=GUIDE, linewidth=1.2))
     ax.text(x_w2 + w2_width / 2, inter * 0.06, f"checkpoint w2 (H x I)\nrank r: columns [r*{part}, (r+1)*{part})",
             ha="center", va="bottom", fontsize=9)
@@ -124,9 +115,9 @@ def expert_usage(
         layer_names = [f"layer {i}" for i in range(len(layers))]
     elif isinstance(layer_names, (str, bytes)) or len(layer_names) != len(layers):
         raise ValueError(f"layer_names must hold one name per layer ({len(layers)})")
-    names = [_check_str(f"layer_names[{i}]", n) for i, n in enumerate(layer_names)]
+    names = [check_str(f"layer_names[{i}]", n) for i, n in enumerate(layer_names)]
     if title is not None:
-        _check_str("title", title)
+        check_str("title", title)
 
     num_tokens, top_k = layers[0][1].shape
     fig = Figure(figsize=(9.5, 0.6 + (0.9 + 0.16 * num_experts) * len(layers)), layout="constrained")
@@ -140,7 +131,7 @@ def expert_usage(
         if num_experts <= 16:
             ax_map.set_yticks(range(num_experts))
         share = np.bincount(ids.ravel(), minlength=num_experts) / ids.size  # (E,)
-        ax_share.barh(range(num_experts), share, color="tab:orange", height=0.8)
+        ax_share.barh(range(num_experts), share, color=CHOSEN, height=0.8)
         ax_share.axvline(1.0 / num_experts, color=GUIDE, linestyle="--", linewidth=1)
         ax_share.set_ylim(num_experts - 0.5, -0.5)
         ax_share.set_yticks([])

@@ -1,6 +1,5 @@
-"""Figures for the parallelism notebooks (07 tensor parallel, 08 expert parallel), in the style of
-:mod:`moe_lib.viz`: every function checks its inputs, builds a :class:`matplotlib.figure.Figure` without
-``pyplot`` and returns it; the same inputs always draw the same picture.
+"""Figures for the parallelism notebooks (07 tensor parallel, 08 expert parallel). Ranks and experts take
+their colours from :mod:`.style`, as in every other figure.
 
     tp_shards               one expert's w13 and w2, coloured by the rank that holds each slice
     allreduce_traffic       bytes each rank sends per token in a ring all-reduce, against the TP size
@@ -21,43 +20,19 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
-from ..._validate import check_int, check_tensor
-from .routing import GUIDE, _check_str
-
-#: One colour per rank (Set2: soft, distinct from the expert colours).
-_RANK_CMAP = "Set2"
-_KERNEL, _COMM = "tab:blue", "tab:red"
-
-
-def rank_colors(num_ranks: int) -> list:
-    """A fixed colour per rank, the same in every figure."""
-    from matplotlib import colormaps
-
-    cmap = colormaps[_RANK_CMAP]
-    return [cmap(r % cmap.N) for r in range(num_ranks)]
-
-
-def expert_colors(num_experts: int) -> list:
-    """A fixed colour per logical expert (tab10 / tab20, then an even sweep of a wide map)."""
-    from matplotlib import colormaps
-
-    if num_experts <= 10:
-        return [colormaps["tab10"](e) for e in range(num_experts)]
-    if num_experts <= 20:
-        return [colormaps["tab20"](e) for e in range(num_experts)]
-    cmap = colormaps["turbo"]
-    return [cmap(0.05 + 0.9 * e / (num_experts - 1)) for e in range(num_experts)]
-
-
-def _int_list(name: str, values, *, low: int) -> list[int]:
-    if isinstance(values, torch.Tensor):
-        check_tensor(name, values, ndim=1, dtypes=(torch.int32, torch.int64))
-        values = values.tolist()
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise TypeError(f"{name} must be a sequence of ints, got {type(values).__name__}")
-    if len(values) == 0:
-        raise ValueError(f"{name} must hold at least one value")
-    return [check_int(f"{name}[{i}]", v, low=low) for i, v in enumerate(values)]
+from ..._validate import INT_DTYPES, check_int, check_tensor
+from .style import (
+    COMM_COLOR,
+    GUIDE,
+    KERNEL_COLOR,
+    check_runs,
+    check_str,
+    expert_colors,
+    int_list,
+    is_number,
+    rank_colors,
+    series_colors,
+)
 
 
 def _float_list(name: str, values, *, length: int | None = None) -> list[float]:
@@ -66,7 +41,7 @@ def _float_list(name: str, values, *, length: int | None = None) -> list[float]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
         raise TypeError(f"{name} must be a sequence of numbers, got {type(values).__name__}")
     for i, v in enumerate(values):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
+        if not is_number(v) or not np.isfinite(v) or v < 0:
             raise ValueError(f"{name}[{i}] must be a finite number >= 0, got {v!r}")
     if length is not None and len(values) != length:
         raise ValueError(f"{name} must hold {length} values, got {len(values)}")
@@ -97,7 +72,7 @@ def tp_shards(hidden: int, inter: int, tp_size: int, *, title: str | None = None
     if inter % tp_size:
         raise ValueError(f"inter ({inter}) must be divisible by tp_size ({tp_size})")
     if title is not None:
-        _check_str("title", title)
+        check_str("title", title)
     part = inter / tp_size
     colors = rank_colors(tp_size)
     labels = tp_size <= 8
@@ -133,20 +108,20 @@ def allreduce_traffic(hidden: int, tp_sizes: Sequence[int], *, bytes_per_element
     send 2 (tp - 1) x H x bytes. The dashed line is the per-rank limit, 2 H x bytes.
     """
     check_int("hidden", hidden, low=1)
-    tps = _int_list("tp_sizes", tp_sizes, low=1)
+    tps = int_list("tp_sizes", tp_sizes, low=1)
     check_int("bytes_per_element", bytes_per_element, low=1)
     tp = np.array(sorted(set(tps)), dtype=float)
     per_rank = 2 * (tp - 1) / tp * hidden * bytes_per_element
     everyone = 2 * (tp - 1) * hidden * bytes_per_element
     fig = Figure(figsize=(6.4, 3.6), layout="constrained")
     ax = fig.add_subplot()
-    ax.plot(tp, per_rank / 1024, marker="o", color=_COMM, label="sent by each rank")
+    ax.plot(tp, per_rank / 1024, marker="o", color=COMM_COLOR, label="sent by each rank")
     ax.plot(tp, everyone / 1024, marker="s", color="tab:purple", label="sent by all ranks together")
     ax.axhline(2 * hidden * bytes_per_element / 1024, color=GUIDE, linestyle="--", linewidth=1,
                label=f"2 H x {bytes_per_element} B (each rank, tp → ∞)")
     for t, v in zip(tp[tp > 1], per_rank[tp > 1], strict=True):  # tp = 1 sends nothing
         ax.annotate(f"{v / 1024:.1f}", (t, v / 1024), textcoords="offset points", xytext=(0, -12), ha="center",
-                    fontsize=8, color=_COMM)
+                    fontsize=8, color=COMM_COLOR)
     ax.set_xticks(tp, [str(int(t)) for t in tp])
     ax.set(xlabel="tensor-parallel size", ylabel="KiB per token",
            title=f"Ring all-reduce of the layer output (H = {hidden}, {bytes_per_element} B per value)")
@@ -155,27 +130,14 @@ def allreduce_traffic(hidden: int, tp_sizes: Sequence[int], *, bytes_per_element
     return fig
 
 
-def _check_bench_runs(runs) -> list[Mapping]:
-    if isinstance(runs, (str, bytes, Mapping)) or not isinstance(runs, Sequence):
-        raise TypeError(f"runs must be a sequence of benchmark results (dicts), got {type(runs).__name__}")
-    if len(runs) == 0:
-        raise ValueError("runs must hold at least one benchmark result")
-    for i, run in enumerate(runs):
-        if not isinstance(run, Mapping) or not {"gpu", "num_gpus", "records"} <= set(run):
-            raise ValueError(f"runs[{i}] must be a dict with gpu, num_gpus and records")
-        for j, rec in enumerate(run["records"]):
-            if not isinstance(rec, Mapping) or not {"tp", "M", "kernel_us", "allreduce_us", "total_us"} <= set(rec):
-                raise ValueError(f"runs[{i}]['records'][{j}] must hold tp, M, kernel_us, allreduce_us and total_us")
-    return list(runs)
-
-
 def parallel_bench(runs: Sequence[Mapping]) -> Figure:
     """Recorded NCCL runs: per M, a bar per (run, TP) — kernel time with the all-reduce stacked on top.
 
     Bars are the slowest rank's medians of the phases timed alone; the black line is kernel + all-reduce
     timed together, and the number above a TP > 1 bar is that total's speed-up over the same run's TP = 1.
     """
-    runs = _check_bench_runs(runs)
+    runs = check_runs(runs, keys=("gpu", "num_gpus", "records"),
+                      record_keys=("tp", "M", "kernel_us", "allreduce_us", "total_us"))
     ms = sorted({rec["M"] for run in runs for rec in run["records"]})
     fig = Figure(figsize=(3.4 * len(ms) + 0.6, 3.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(ms), squeeze=False)[0])
@@ -185,9 +147,9 @@ def parallel_bench(runs: Sequence[Mapping]) -> Figure:
             recs = sorted((r for r in run["records"] if r["M"] == m), key=lambda r: r["tp"])
             base = next((r["total_us"] for r in recs if r["tp"] == 1), None)
             for rec in recs:
-                ax.bar(x, rec["kernel_us"], color=_KERNEL, width=0.7)
+                ax.bar(x, rec["kernel_us"], color=KERNEL_COLOR, width=0.7)
                 if rec["allreduce_us"] > 0:
-                    ax.bar(x, rec["allreduce_us"], bottom=rec["kernel_us"], color=_COMM, width=0.7)
+                    ax.bar(x, rec["allreduce_us"], bottom=rec["kernel_us"], color=COMM_COLOR, width=0.7)
                 ax.plot([x - 0.35, x + 0.35], [rec["total_us"]] * 2, color=GUIDE, linewidth=1.5)
                 if rec["tp"] > 1 and base:
                     top = max(rec["kernel_us"] + rec["allreduce_us"], rec["total_us"])
@@ -205,8 +167,8 @@ def parallel_bench(runs: Sequence[Mapping]) -> Figure:
         ax.grid(axis="y", alpha=0.3)
     names = "; ".join(f"{'run ' + str(i + 1) + ': ' if len(runs) > 1 else ''}{run['gpu']} x {run['num_gpus']}"
                       for i, run in enumerate(runs))
-    handles = [Patch(color=_KERNEL, label="kernel alone (routing + fused_experts)"),
-               Patch(color=_COMM, label="all-reduce alone"),
+    handles = [Patch(color=KERNEL_COLOR, label="kernel alone (routing + fused_experts)"),
+               Patch(color=COMM_COLOR, label="all-reduce alone"),
                Line2D([], [], color=GUIDE, linewidth=1.5, label="both, timed together (speed-up from this)")]
     fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=9, frameon=False)
     shape = runs[0].get("shape") or {}
@@ -237,7 +199,7 @@ def expert_placement(
     """
     from ...parallel.experts import expert_ranges
 
-    check_tensor("phys_to_log", phys_to_log, ndim=1, dtypes=(torch.int32, torch.int64))
+    check_tensor("phys_to_log", phys_to_log, ndim=1, dtypes=INT_DTYPES)
     if phys_to_log.numel() == 0:
         raise ValueError("phys_to_log must not be empty")
     p2l = phys_to_log.cpu().long().tolist()
@@ -245,11 +207,11 @@ def expert_placement(
         raise ValueError("phys_to_log must hold expert ids >= 0")
     num_logical = max(p2l) + 1 if num_logical is None else check_int("num_logical", num_logical, low=max(p2l) + 1)
     ranges = expert_ranges(len(p2l), ep_size)
-    load_list = None if loads is None else _int_list("loads", loads, low=0)
+    load_list = None if loads is None else int_list("loads", loads, low=0)
     if load_list is not None and len(load_list) != len(p2l):
         raise ValueError(f"loads must hold one value per slot ({len(p2l)}), got {len(load_list)}")
     if title is not None:
-        _check_str("title", title)
+        check_str("title", title)
     colors = expert_colors(num_logical)
     width = max(len(r) for r in ranges)
     fig = Figure(figsize=(max(3.6, 1.2 + 0.75 * width), 1.1 + 0.62 * ep_size), layout="constrained")
@@ -286,22 +248,22 @@ def rank_loads(loads: Mapping[str, Sequence[int] | torch.Tensor], *, title: str 
     balanced load (the mean), and each legend entry gives max / mean — what the slowest rank costs."""
     if not isinstance(loads, Mapping) or len(loads) == 0:
         raise TypeError("loads must be a non-empty dict {placement name: per-rank loads}")
-    series = {_check_str("loads key", name): _int_list(f"loads[{name!r}]", v, low=0) for name, v in loads.items()}
+    series = {check_str("loads key", name): int_list(f"loads[{name!r}]", v, low=0) for name, v in loads.items()}
     sizes = {len(v) for v in series.values()}
     if len(sizes) != 1:
         raise ValueError(f"every placement in loads must have the same number of ranks, got {sorted(sizes)}")
     if title is not None:
-        _check_str("title", title)
+        check_str("title", title)
     num_ranks = sizes.pop()
     fig = Figure(figsize=(max(4.8, 1.2 + 0.9 * num_ranks * len(series) ** 0.5), 3.4), layout="constrained")
     ax = fig.add_subplot()
     width = 0.8 / len(series)
-    colors = ["tab:gray", "tab:green", "tab:olive", "tab:cyan"]
+    colors = series_colors(len(series))
     for i, (name, values) in enumerate(series.items()):
         mean = sum(values) / num_ranks
         ratio = max(values) / mean if mean else 1.0
         x = np.arange(num_ranks) + (i - (len(series) - 1) / 2) * width
-        bars = ax.bar(x, values, width=width, color=colors[i % len(colors)], label=f"{name} (max/mean {ratio:.2f})")
+        bars = ax.bar(x, values, width=width, color=colors[i], label=f"{name} (max/mean {ratio:.2f})")
         if num_ranks * len(series) <= 24:
             ax.bar_label(bars, fontsize=7)
     total = sum(next(iter(series.values())))
@@ -318,13 +280,13 @@ def imbalance_vs_redundancy(
     num_redundant: Sequence[int], imbalance: Mapping[str, Sequence[float]], *, title: str | None = None
 ) -> Figure:
     """max / mean rank load against the number of redundant experts, one line per batch (calibration, fresh...)."""
-    xs = _int_list("num_redundant", num_redundant, low=0)
+    xs = int_list("num_redundant", num_redundant, low=0)
     if not isinstance(imbalance, Mapping) or len(imbalance) == 0:
         raise TypeError("imbalance must be a non-empty dict {batch name: max/mean per num_redundant}")
-    series = {_check_str("imbalance key", k): _float_list(f"imbalance[{k!r}]", v, length=len(xs))
+    series = {check_str("imbalance key", k): _float_list(f"imbalance[{k!r}]", v, length=len(xs))
               for k, v in imbalance.items()}
     if title is not None:
-        _check_str("title", title)
+        check_str("title", title)
     fig = Figure(figsize=(6.0, 3.4), layout="constrained")
     ax = fig.add_subplot()
     for (name, ys), marker in zip(series.items(), "osd^v", strict=False):
@@ -339,8 +301,6 @@ def imbalance_vs_redundancy(
 
 
 __all__ = [
-    "rank_colors",
-    "expert_colors",
     "tp_shards",
     "allreduce_traffic",
     "parallel_bench",

@@ -1,7 +1,5 @@
-"""Figures for notebook 06 (performance), in the style of :mod:`moe_lib.viz` and :mod:`moe_lib.viz_kernels`.
+"""Figures for notebook 06 (performance).
 
-Every function checks its inputs, builds a :class:`matplotlib.figure.Figure` without ``pyplot`` (nothing
-is registered globally, nothing is shown) and returns it; the same inputs always draw the same picture.
 The inputs are the recorded benchmark results of ``data/bench/`` as loaded from JSON: a *run* is a dict
 with ``gpu``, ``ceilings`` (``copy_TBps``, ``matmul_TFLOPs``), optionally ``shape``, and ``records`` of
 ``{"tp", "M", "impl", "us", "floor_us"}`` (``us`` None for a point that failed); a *reference* is a dict
@@ -23,22 +21,31 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, LogLocator
 
 from ..._validate import check_int
 from ...kernels.configs import split_config
 from ...perf.bench import IMPLS, M_VALUES, TP_VALUES
 from ...perf.floors import MIXTRAL, expected_experts_touched, floor_us
 from ...perf.power import POWER_CAP_BIT
-from .kernels import IMPL_COLORS
-from .routing import GUIDE, OTHER, _check_str
+from .style import (
+    GUIDE,
+    IMPL_COLORS,
+    OTHER,
+    PLAIN,
+    REFERENCE_COLOR,
+    check_str,
+    figure_legend,
+    int_list,
+    is_number,
+    log_axes,
+    series_colors,
+    tp_colors,
+)
 
-#: Colour and marker of the reference implementation (vLLM) in every figure.
-REFERENCE_COLOR, REFERENCE_LABEL = "black", "vLLM (reference)"
-_PLAIN = FuncFormatter(lambda value, _pos: f"{value:g}")  # 200, 1000, 5000 rather than 2x10^2 ...
+#: The legend entry of the reference implementation (vLLM) in every figure.
+REFERENCE_LABEL = "vLLM (reference)"
 _SHAPE_KEYS = ("num_experts", "top_k", "hidden", "intermediate")
 _BLOCK_KEYS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K")
 
@@ -46,27 +53,12 @@ _BLOCK_KEYS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K")
 # ----------------------------------------------------------------------------------------------------
 # Argument checks
 # ----------------------------------------------------------------------------------------------------
-def _is_number(value) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float))
-
-
-def _int_list(name: str, values, *, low: int) -> list[int]:
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise TypeError(f"{name} must be a sequence of ints, got {type(values).__name__}")
-    if len(values) == 0:
-        raise ValueError(f"{name} must hold at least one value")
-    out = [check_int(f"{name}[{i}]", v, low=low) for i, v in enumerate(values)]
-    if len(set(out)) != len(out):
-        raise ValueError(f"{name} must not repeat a value, got {out}")
-    return out
-
-
 def _str_list(name: str, values) -> list[str]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
         raise TypeError(f"{name} must be a sequence of str, got {type(values).__name__}")
     if len(values) == 0:
         raise ValueError(f"{name} must hold at least one value")
-    return [_check_str(f"{name}[{i}]", v) for i, v in enumerate(values)]
+    return [check_str(f"{name}[{i}]", v) for i, v in enumerate(values)]
 
 
 def _check_ceilings(name: str, ceilings) -> dict[str, float]:
@@ -77,7 +69,7 @@ def _check_ceilings(name: str, ceilings) -> dict[str, float]:
         if key not in ceilings:
             raise ValueError(f"{name} lacks {key!r}")
         value = ceilings[key]
-        if not _is_number(value):
+        if not is_number(value):
             raise TypeError(f"{name}[{key!r}] must be a number, got {type(value).__name__}")
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"{name}[{key!r}] must be a finite number > 0, got {value}")
@@ -107,10 +99,10 @@ def _check_records(name: str, records, *, need_impl: bool) -> list[Mapping]:
         check_int(f"{name}[{j}]['tp']", rec["tp"], low=1)
         check_int(f"{name}[{j}]['M']", rec["M"], low=1)
         us = rec["us"]
-        if us is not None and not (_is_number(us) and math.isfinite(us) and us > 0):
+        if us is not None and not (is_number(us) and math.isfinite(us) and us > 0):
             raise ValueError(f"{name}[{j}]['us'] must be a number > 0 or None, got {us!r}")
         floor = rec.get("floor_us")
-        if floor is not None and not (_is_number(floor) and math.isfinite(floor) and floor > 0):
+        if floor is not None and not (is_number(floor) and math.isfinite(floor) and floor > 0):
             raise ValueError(f"{name}[{j}]['floor_us'] must be a number > 0 or None, got {floor!r}")
     return list(records)
 
@@ -122,7 +114,7 @@ def _check_run(name: str, run) -> Mapping:
     missing = [key for key in ("gpu", "ceilings", "records") if key not in run]
     if missing:
         raise ValueError(f"{name} lacks {missing}")
-    _check_str(f"{name}['gpu']", run["gpu"])
+    check_str(f"{name}['gpu']", run["gpu"])
     _check_ceilings(f"{name}['ceilings']", run["ceilings"])
     _check_shape(f"{name}['shape']", run.get("shape", MIXTRAL))
     _check_records(f"{name}['records']", run["records"], need_impl=True)
@@ -137,7 +129,7 @@ def _check_reference(name: str, reference) -> Mapping | None:
     missing = [key for key in ("gpu", "records") if key not in reference]
     if missing:
         raise ValueError(f"{name} lacks {missing}")
-    _check_str(f"{name}['gpu']", reference["gpu"])
+    check_str(f"{name}['gpu']", reference["gpu"])
     _check_records(f"{name}['records']", reference["records"], need_impl=False)
     return reference
 
@@ -194,36 +186,6 @@ def _panels(fig: Figure, count: int, *, ncols: int | None = None, sharey: bool =
     return list(axes[:count])
 
 
-def _log_axes(ax, *, x_base: int = 2, y_log: bool = True) -> None:
-    ax.set_xscale("log", base=x_base)
-    ax.xaxis.set_major_formatter(_PLAIN)
-    if y_log:
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(_PLAIN)
-        ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
-        ax.yaxis.set_minor_formatter(_PLAIN)
-    ax.grid(alpha=0.3, which="major")
-    ax.grid(alpha=0.12, which="minor")
-
-
-def _figure_legend(fig: Figure, axes: Sequence, *, ncol: int | None = None) -> None:
-    """One legend under the figure: every label once, in order of appearance."""
-    legend = {}
-    for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-            if not label.startswith("_"):
-                legend.setdefault(label, handle)
-    if legend:
-        fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncol=ncol or min(len(legend), 6),
-                   fontsize=8, frameon=False)
-
-
-def _tp_colors(tps: Sequence[int]) -> dict[int, tuple]:
-    cmap = colormaps["viridis"]
-    n = len(tps)
-    return {tp: cmap(0.1 + 0.75 * i / max(n - 1, 1)) for i, tp in enumerate(tps)}
-
-
 # ----------------------------------------------------------------------------------------------------
 # Floors
 # ----------------------------------------------------------------------------------------------------
@@ -262,8 +224,8 @@ def floor_vs_tokens(
     ridge M (:func:`ridge_tokens`), where the two cross."""
     ceilings = _check_ceilings("ceilings", ceilings)
     shape = _check_shape("shape", shape)
-    ms = sorted(_int_list("token_counts", token_counts, low=1))
-    tps = _int_list("tps", tps, low=1)
+    ms = sorted(int_list("token_counts", token_counts, low=1, distinct=True))
+    tps = int_list("tps", tps, low=1, distinct=True)
     for tp in tps:
         if shape["intermediate"] % tp:
             raise ValueError(f"tps: {tp} does not divide shape['intermediate'] = {shape['intermediate']}")
@@ -278,12 +240,12 @@ def floor_vs_tokens(
     ax_e.plot(m, [expected_experts_touched(int(x), e, k) for x in ms], "o", color="tab:blue", markersize=3)
     ax_e.axhline(k, color=GUIDE, linestyle=":", linewidth=1, label=f"top_k = {k} (one token)")
     ax_e.axhline(e, color=GUIDE, linestyle="--", linewidth=1, label=f"all E = {e} experts")
-    _log_axes(ax_e, y_log=False)
+    log_axes(ax_e, y_log=False)
     ax_e.set_ylim(0, e * 1.12)
     ax_e.set(xlabel="tokens per call, M", ylabel="experts", title=f"Experts touched (E = {e}, top-{k})")
     ax_e.legend(fontsize=8, loc="center right")
 
-    colors = _tp_colors(tps)
+    colors = tp_colors(tps)
     for tp in tps:
         f = [floor_us(int(x), tp, ceilings, shape) for x in fine]
         ax_t.plot(fine, [p["memory_us"] for p in f], color=colors[tp], label=f"TP = {tp}")
@@ -292,7 +254,7 @@ def floor_vs_tokens(
     if ms[0] <= ridge <= ms[-1]:
         ax_t.axvline(ridge, color=GUIDE, linestyle=":", linewidth=1)
         ax_t.text(ridge, 0.02, f" ridge M ≈ {ridge}", transform=ax_t.get_xaxis_transform(), fontsize=8)
-    _log_axes(ax_t)
+    log_axes(ax_t)
     ax_t.set(xlabel="tokens per call, M", ylabel="µs per layer call",
              title=f"Floors: copy {ceilings['copy_TBps']:.2f} TB/s, matmul {ceilings['matmul_TFLOPs']:.0f} TFLOP/s")
     handles, labels = ax_t.get_legend_handles_labels()
@@ -315,18 +277,18 @@ def roofline(
 ) -> Figure:
     """Each recorded point at x = FLOPs per byte of expert weights read, y = achieved TFLOP/s (log-log).
 
-    FLOPs and weight bytes are those of :func:`moe_lib.bench.floor_us` (expected experts touched, read
+    FLOPs and weight bytes are those of :func:`moe_lib.perf.floors.floor_us` (expected experts touched, read
     once); the roof is min(matmul rate, copy bandwidth x intensity) with both ceilings from the same run.
     A point's height under the roof is its fraction of the floor. One panel per TP; the points of
     ``impls[0]`` are labelled with their M where M is in ``label_ms``; ``reference`` points (timed in another
     run, on the same kind of card) are drawn against this run's roof.
     """
     run = _check_run("run", run)
-    tps = _int_list("tps", tps, low=1)
+    tps = int_list("tps", tps, low=1, distinct=True)
     impls = _str_list("impls", impls)
     reference = _check_reference("reference", reference)
     empty = isinstance(label_ms, Sequence) and not isinstance(label_ms, (str, bytes)) and len(label_ms) == 0
-    label_ms = set() if empty else set(_int_list("label_ms", label_ms, low=1))
+    label_ms = set() if empty else set(int_list("label_ms", label_ms, low=1, distinct=True))
     _check_tps_in("tps", tps, run, "run")
     ceilings, shape = _check_ceilings("run['ceilings']", run["ceilings"]), _shape(run)
     peak, bandwidth = ceilings["matmul_TFLOPs"], ceilings["copy_TBps"]
@@ -362,11 +324,11 @@ def roofline(
                 xy = np.array([point(tp, int(m_), us) for m_, us in pts])
                 ax.plot(xy[:, 0], xy[:, 1], marker="x", markersize=5, linewidth=0.8, linestyle="--",
                         color=REFERENCE_COLOR, label=REFERENCE_LABEL)
-        _log_axes(ax, x_base=10)
+        log_axes(ax, x_base=10)
         ax.set_xlim(lo, hi)
         ax.set(xlabel="FLOPs per byte of expert weights", ylabel="TFLOP/s", title=f"TP = {tp}")
     fig.suptitle(f"Roofline, {run['gpu']}: copy {bandwidth:.2f} TB/s, bf16 matmul {peak:.0f} TFLOP/s", fontsize=10)
-    _figure_legend(fig, axes)
+    figure_legend(fig, axes)
     return fig
 
 
@@ -384,7 +346,7 @@ def latency_vs_reference(
     ``reference`` (vLLM, black), and the run's floor (dashed)."""
     run = _check_run("run", run)
     reference = _check_reference("reference", reference)
-    tps = _int_list("tps", tps, low=1)
+    tps = int_list("tps", tps, low=1, distinct=True)
     impls = _str_list("impls", impls)
     _check_tps_in("tps", tps, run, "run")
     floors = _floors(run)
@@ -402,11 +364,11 @@ def latency_vs_reference(
                         label=REFERENCE_LABEL)
         floor = np.array(sorted((m_, us) for (t, m_), us in floors.items() if t == tp)).reshape(-1, 2)
         ax.plot(floor[:, 0], floor[:, 1], linestyle="--", color=GUIDE, linewidth=1, label="floor")
-        _log_axes(ax)
+        log_axes(ax)
         ax.set(xlabel="tokens per call, M", ylabel="µs per layer call", title=f"TP = {tp}")
     title = f"{run['gpu']}" + (f"; reference: {reference['gpu']}" if reference is not None else "")
     fig.suptitle(f"Whole-layer latency, bf16 Mixtral ({title})", fontsize=10)
-    _figure_legend(fig, axes)
+    figure_legend(fig, axes)
     return fig
 
 
@@ -427,14 +389,14 @@ def floor_fraction(
         raise ValueError("runs must hold at least one benchmark result")
     checked = {}
     for label, run in runs.items():
-        _check_str("runs key", label)
+        check_str("runs key", label)
         checked[label] = _check_run(f"runs[{label!r}]", run)
     reference = _check_reference("reference", reference)
-    tps = _int_list("tps", tps, low=1)
-    _check_str("impl", impl)
+    tps = int_list("tps", tps, low=1, distinct=True)
+    check_str("impl", impl)
     first = next(iter(checked))
     _check_tps_in("tps", tps, checked[first], f"runs[{first!r}]")
-    colors = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink"]
+    colors = series_colors(len(checked))
 
     fig = Figure(figsize=(min(11.0, 2.6 * len(tps) + 0.8), 3.4), layout="constrained")
     axes = _panels(fig, len(tps), ncols=len(tps), sharey=True)
@@ -448,20 +410,20 @@ def floor_fraction(
                 continue
             pct = [100 * floors[(tp, int(m_))] / us for m_, us in pts]
             top = max(top, *pct)
-            ax.plot(pts[:, 0], pct, marker="o", markersize=3, color=colors[i % len(colors)], label=label)
+            ax.plot(pts[:, 0], pct, marker="o", markersize=3, color=colors[i], label=label)
         if reference is not None:
             floors = _floors(checked[first])
             pts = [(m_, us) for m_, us in _series(reference["records"], tp) if (tp, int(m_)) in floors]
             if pts:
                 ax.plot([p[0] for p in pts], [100 * floors[(tp, int(m_))] / us for m_, us in pts], marker="s",
                         markersize=3.5, linestyle="--", color=REFERENCE_COLOR, label=REFERENCE_LABEL)
-        _log_axes(ax, y_log=False)
+        log_axes(ax, y_log=False)
         ax.set(xlabel="tokens per call, M", title=f"TP = {tp}")
     for ax in axes:
         ax.set_ylim(0, 10 * math.ceil(top * 1.05 / 10))
     axes[0].set_ylabel("% of the floor")
     fig.suptitle(f"Share of the floor reached by {impl}", fontsize=10)
-    _figure_legend(fig, axes)
+    figure_legend(fig, axes)
     return fig
 
 
@@ -477,8 +439,8 @@ def time_above_floor(
     stacked on top (labelled in µs and as a share of the call); the reference's time as a black tick."""
     run = _check_run("run", run)
     check_int("m", m, low=1)
-    tps = _int_list("tps", tps, low=1)
-    _check_str("impl", impl)
+    tps = int_list("tps", tps, low=1, distinct=True)
+    check_str("impl", impl)
     reference = _check_reference("reference", reference)
     floors = _floors(run)
     ours = {(rec["tp"], rec["M"]): float(rec["us"]) for rec in run["records"]
@@ -524,7 +486,7 @@ _LOG_KEYS = ("unix_s", "sm_clock_MHz", "power_W", "throttle_reasons")
 
 def _check_power_log(name: str, log) -> dict[str, np.ndarray]:
     if not isinstance(log, Mapping):
-        raise TypeError(f"{name} must be a dict of columns (bench.read_power_log), got {type(log).__name__}")
+        raise TypeError(f"{name} must be a dict of columns (perf.power.read_power_log), got {type(log).__name__}")
     missing = [key for key in _LOG_KEYS if key not in log]
     if missing:
         raise ValueError(f"{name} lacks {missing}")
@@ -532,7 +494,7 @@ def _check_power_log(name: str, log) -> dict[str, np.ndarray]:
     for key in _LOG_KEYS:
         values = log[key]
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or \
-                not all(_is_number(v) and math.isfinite(v) for v in values):
+                not all(is_number(v) and math.isfinite(v) for v in values):
             raise TypeError(f"{name}[{key!r}] must be a list of finite numbers")
         cols[key] = np.asarray(values, dtype=np.float64)
     lengths = {len(v) for v in cols.values()}
@@ -547,14 +509,14 @@ def power_trace(run: Mapping, log: Mapping, *, impl: str = "moe_lib", mark_ms: S
     the batch sizes ``mark_ms`` shaded and labelled by TP. Needs the run's ``t0_unix`` and records' ``t_s``."""
     run = _check_run("run", run)
     cols = _check_power_log("log", log)
-    _check_str("impl", impl)
-    mark_ms = _int_list("mark_ms", mark_ms, low=1)
+    check_str("impl", impl)
+    mark_ms = int_list("mark_ms", mark_ms, low=1, distinct=True)
     t0 = run.get("t0_unix")
-    if not _is_number(t0):
+    if not is_number(t0):
         raise ValueError("run['t0_unix'] must be a number (a bench run recorded with t0_unix and t_s)")
-    ends = sorted(float(rec["t_s"]) for rec in run["records"] if _is_number(rec.get("t_s")))
+    ends = sorted(float(rec["t_s"]) for rec in run["records"] if is_number(rec.get("t_s")))
     marked = [rec for rec in run["records"] if rec["impl"] == impl and rec["M"] in mark_ms and rec["us"] is not None]
-    if not marked or not all(_is_number(rec.get("t_s")) for rec in marked):
+    if not marked or not all(is_number(rec.get("t_s")) for rec in marked):
         raise ValueError(f"mark_ms: run holds no timed {impl} record with t_s at M in {mark_ms}")
 
     t = cols["unix_s"] - t0
@@ -607,7 +569,7 @@ def tile_shapes(default: Mapping[int, Mapping], tuned: Mapping[int, Mapping], *,
     default_cfg = _check_table("default", default)
     tuned_cfg = _check_table("tuned", tuned)
     if title is not None:
-        _check_str("title", title)
+        check_str("title", title)
     fig = Figure(figsize=(10.5, 3.3), layout="constrained")
     axes = fig.subplots(1, 3, sharex=True)
     # (label, table, 0 = GEMM1 / 1 = GEMM2, x nudge so that coinciding points stay visible, style)
@@ -627,14 +589,14 @@ def tile_shapes(default: Mapping[int, Mapping], tuned: Mapping[int, Mapping], *,
             ax.plot([m_ * nudge for m_ in ms], ys, label=label, **style)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log", base=2)
-        ax.xaxis.set_major_formatter(_PLAIN)
+        ax.xaxis.set_major_formatter(PLAIN)
         ax.set_yticks(sorted(values), [str(v) for v in sorted(values)])
         ax.minorticks_off()
         ax.grid(alpha=0.3)
         ax.set(xlabel="tokens per call, M", ylabel=key, title=key)
     if title is not None:
         fig.suptitle(title, fontsize=10)
-    _figure_legend(fig, axes, ncol=3)
+    figure_legend(fig, axes, ncol=3)
     return fig
 
 
@@ -645,5 +607,6 @@ __all__ = [
     "latency_vs_reference",
     "floor_fraction",
     "time_above_floor",
+    "power_trace",
     "tile_shapes",
 ]

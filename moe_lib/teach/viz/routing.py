@@ -1,10 +1,5 @@
-"""Figures for the notebooks and the widgets built on them.
-
-Every function takes tensors (or a config), checks them, and returns a :class:`matplotlib.figure.Figure`.
-Figures are built without ``pyplot``: nothing is registered in pyplot's global figure list, nothing is
-shown, and nothing leaks between calls. In a notebook, end the cell with the returned figure to show it
-exactly once; in a script, call ``fig.savefig(...)``. The same inputs always draw the same picture.
-"""
+"""Figures of routing and what it costs (notebooks 00 to 03, and the routing explorer of the widgets): each
+takes tensors or a config."""
 
 from __future__ import annotations
 
@@ -15,30 +10,19 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ..._validate import check_int, check_tensor
+from ..._validate import INT_DTYPES, check_int, check_tensor
 from ...config import MoEConfig
 from ...perf.floors import expected_experts_touched
-
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_INTS = (torch.int32, torch.int64)
-
-#: Colours used throughout: chosen experts, the rest, and reference lines.
-CHOSEN, OTHER, GUIDE = "tab:orange", "tab:gray", "black"
+from .style import CHOSEN, FLOATS, GUIDE, OTHER, check_config, check_str, int_list, is_number
 
 
 # ----------------------------------------------------------------------------------------------------
 # Argument checks
 # ----------------------------------------------------------------------------------------------------
-def _check_str(name: str, value) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
-    return value
-
-
 def _check_ids(topk_ids, num_experts: int, name: str = "topk_ids") -> np.ndarray:
     """(M, k) integer expert ids in [0, num_experts) -> an int64 numpy array."""
     check_int("num_experts", num_experts, low=1)
-    check_tensor(name, topk_ids, ndim=2, dtypes=_INTS)
+    check_tensor(name, topk_ids, ndim=2, dtypes=INT_DTYPES)
     if topk_ids.shape[0] == 0 or topk_ids.shape[1] == 0:
         raise ValueError(f"{name} must hold at least one token and one slot, got {tuple(topk_ids.shape)}")
     ids = topk_ids.detach().to("cpu", torch.int64).numpy()
@@ -51,19 +35,13 @@ def _check_ids(topk_ids, num_experts: int, name: str = "topk_ids") -> np.ndarray
 
 def _check_routing(topk_weights, topk_ids, num_experts: int) -> tuple[np.ndarray, np.ndarray]:
     ids = _check_ids(topk_ids, num_experts)
-    check_tensor("topk_weights", topk_weights, ndim=2, dtypes=_FLOATS)
+    check_tensor("topk_weights", topk_weights, ndim=2, dtypes=FLOATS)
     if topk_weights.shape != topk_ids.shape:
         raise ValueError(
             f"topk_weights {tuple(topk_weights.shape)} and topk_ids {tuple(topk_ids.shape)} "
             "must have the same shape"
         )
     return topk_weights.detach().to("cpu", torch.float64).numpy(), ids
-
-
-def _check_config(config) -> MoEConfig:
-    if not isinstance(config, MoEConfig):
-        raise TypeError(f"config must be a moe_lib.config.MoEConfig, got {type(config).__name__}")
-    return config
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -128,11 +106,11 @@ def token_expert_heatmap(
     ``diverging=True`` centres a red/blue map on 0 (for logits); otherwise a sequential map from 0 (for
     probabilities). NaN and ±Inf cells are left blank and do not set the colour range.
     """
-    check_tensor("values", values, ndim=2, dtypes=_FLOATS)
+    check_tensor("values", values, ndim=2, dtypes=FLOATS)
     if values.numel() == 0:
         raise ValueError(f"values must not be empty, got shape {tuple(values.shape)}")
-    _check_str("title", title)
-    _check_str("cbar_label", cbar_label)
+    check_str("title", title)
+    check_str("cbar_label", cbar_label)
     if not isinstance(diverging, bool):
         raise TypeError(f"diverging must be a bool, got {type(diverging).__name__}")
     data = values.detach().to("cpu", torch.float64).numpy()  # (M, E)
@@ -157,7 +135,7 @@ def routing_heatmap(
 ) -> Figure:
     """Which experts each token goes to, and with what weight: an (M, E) image, blank where not routed."""
     weights, ids = _check_routing(topk_weights, topk_ids, num_experts)
-    title = _check_str("title", title) if title is not None else f"Routing weights (top_k = {ids.shape[1]})"
+    title = check_str("title", title) if title is not None else f"Routing weights (top_k = {ids.shape[1]})"
     dense = _dense_weights(weights, ids, num_experts)  # (M, E)
     fig = Figure(figsize=_size_for(*dense.shape), layout="constrained")
     ax = fig.add_subplot()
@@ -170,7 +148,7 @@ def routing_heatmap(
 def expert_load(topk_ids: torch.Tensor, num_experts: int, *, title: str | None = None) -> Figure:
     """A bar per expert: how many (token, slot) pairs chose it, against a perfectly balanced load."""
     ids = _check_ids(topk_ids, num_experts)
-    title = _check_str("title", title) if title is not None else (
+    title = check_str("title", title) if title is not None else (
         f"Expert load: {ids.shape[0]} tokens x top-{ids.shape[1]}"
     )
     fig = Figure(figsize=(min(7.0, 2.6 + 0.35 * num_experts), 3.0), layout="constrained")
@@ -200,14 +178,14 @@ def token_probabilities(
     title: str = "One token's router probabilities",
 ) -> Figure:
     """A bar per expert for one token's (E,) probabilities; the ``chosen`` expert ids are highlighted."""
-    check_tensor("probs", probs, ndim=1, dtypes=_FLOATS)
+    check_tensor("probs", probs, ndim=1, dtypes=FLOATS)
     if probs.numel() == 0:
         raise ValueError("probs must hold at least one expert, got shape (0,)")
-    _check_str("title", title)
+    check_str("title", title)
     num_experts = probs.shape[0]
     picked = set()
     if chosen is not None:
-        check_tensor("chosen", chosen, ndim=1, dtypes=_INTS)
+        check_tensor("chosen", chosen, ndim=1, dtypes=INT_DTYPES)
         picked = set(_check_ids(chosen[None, :], num_experts, name="chosen").ravel().tolist())
     values = probs.detach().to("cpu", torch.float64).numpy()  # (E,)
     colors = [CHOSEN if e in picked else OTHER for e in range(num_experts)]
@@ -232,16 +210,11 @@ def weight_traffic(
     Left: weight bytes read (each touched expert's w13 and w2 once), expected under uniform routing.
     Right: arithmetic intensity = expert FLOPs / weight bytes, with an optional machine ridge point.
     """
-    config = _check_config(config)
-    if isinstance(token_counts, (str, bytes)) or not isinstance(token_counts, Sequence):
-        raise TypeError(f"token_counts must be a sequence of ints, got {type(token_counts).__name__}")
-    if len(token_counts) == 0:
-        raise ValueError("token_counts must hold at least one batch size")
-    counts = [check_int(f"token_counts[{i}]", m, low=1) for i, m in enumerate(token_counts)]
+    config = check_config(config)
+    counts = int_list("token_counts", token_counts, low=1)
     if ridge_flops_per_byte is not None:
-        ridge = ridge_flops_per_byte
-        if isinstance(ridge, bool) or not isinstance(ridge, (int, float)):
-            raise TypeError(f"ridge_flops_per_byte must be a number, got {type(ridge).__name__}")
+        if not is_number(ridge_flops_per_byte):
+            raise TypeError(f"ridge_flops_per_byte must be a number, got {type(ridge_flops_per_byte).__name__}")
         if not ridge_flops_per_byte > 0:
             raise ValueError(f"ridge_flops_per_byte must be > 0, got {ridge_flops_per_byte}")
     E, k = config.num_experts, config.top_k
@@ -281,7 +254,7 @@ def weight_traffic(
 
 def moe_parameters(config: MoEConfig, *, num_layers: int = 1) -> Figure:
     """Stored versus used: one bar segment per expert held, against the top_k a token actually uses."""
-    config = _check_config(config)
+    config = check_config(config)
     check_int("num_layers", num_layers, low=1)
     E, k = config.num_experts, config.top_k
     per_expert = config.params_per_expert * num_layers / 1e9  # billions of parameters

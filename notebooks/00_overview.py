@@ -195,7 +195,7 @@ viz.moe_parameters(MIXTRAL_8X7B, num_layers=MIXTRAL_8X7B_LAYERS)
 # | **08 expert parallel** | `expert_map`, expert-parallel load balancing (EPLB) | `parallel` |
 # | **09 the layer** | `MixtralMoE`, checkpoint loading, the whole model | `layer`, `checkpoint` |
 #
-# Across all of them: `moe_lib.viz` draws the figures, `moe_lib.testing` compares results. Each
+# Across all of them: `moe_lib.teach.viz` draws the figures, `moe_lib.testing` compares results. Each
 # comparison prints one line: `PASS`/`FAIL`, and the power of ten just above the relative error
 # $\lVert \text{out} - \text{ref} \rVert / \lVert \text{ref} \rVert$, against a tolerance chosen by dtype.
 

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from transformers import MixtralConfig
 from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 
+from moe_lib.perf import floors
 from moe_lib.teach import viz
 from moe_lib.config import MIXTRAL_8X7B, TINY
 from moe_lib.gate import MoEGate
@@ -254,7 +255,7 @@ print(f"a token's own activations    : {act_bytes / 1e3:.1f} kB per expert visit
 # $$ \mathbb{E}[\text{experts touched}] = E\left(1 - \left(1 - \tfrac{k}{E}\right)^{M}\right). $$
 #
 # First a check of that formula against simulated routing (random logits through `topk_softmax`), then
-# against the copy in `moe_lib.viz` that draws the figure below:
+# against `moe_lib.perf.floors.expected_experts_touched`, which the figure below and the benchmark use:
 
 # %% slideshow={"slide_type": "-"}
 trials = 2000
@@ -263,7 +264,7 @@ for M in (1, 2, 4, 8, 16):
     _, ids = topk_softmax(randn(trials * M, E, generator=seeded(M)), K)  # (trials * M, k)
     hit = F.one_hot(ids.long(), E).view(trials, M * K, E).amax(dim=1)  # (trials, E): expert touched?
     simulated = hit.sum(dim=1).double().mean().item()
-    assert abs(formula - viz.expected_experts_touched(E, K, M)) < 1e-12
+    assert abs(formula - floors.expected_experts_touched(M, E, K)) < 1e-12
     print(f"M = {M:2d}: formula {formula:.2f} experts, simulation {simulated:.2f}")
 
 # %% [markdown] slideshow={"slide_type": "subslide"}

@@ -60,7 +60,8 @@ from moe_lib.teach import viz
 from moe_lib.config import TINY
 from moe_lib.gate import MoEGate
 from moe_lib.kernels.align import moe_align_block_size
-from moe_lib.kernels.fused_moe import grouped_tile, fused_experts, fused_moe, invoke_fused_moe_kernel
+from moe_lib.kernels.experts import fused_experts, fused_moe
+from moe_lib.kernels.fused_moe import grouped_tile, invoke_fused_moe_kernel
 from moe_lib.reference import moe_reference, silu_and_mul
 from moe_lib.kernels.routing import topk_softmax
 from moe_lib.testing import randn, rel_err, seeded, tolerance, verdict
@@ -394,8 +395,9 @@ for m in (64, 4096):
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## 7. `fused_experts` and `fused_moe`, verified
 #
-# `fused_experts` is exactly sections 1–6: align, GEMM1, GEMM2, sum, with a configuration from
-# `get_config` (a tuned table on a GPU when one exists, a heuristic otherwise). A tuned configuration may
+# `fused_experts` is exactly sections 1–6: align, GEMM1, GEMM2, sum — the steps of one **plan**
+# (`moe_lib.kernels.experts.make_plan`, taken apart in notebook 06) with a configuration from the tables
+# (`moe_lib.kernels.configs`: a tuned table on a GPU when one exists, a heuristic otherwise). A tuned configuration may
 # give GEMM2 its own tile sizes under the key `"down"` — GEMM2 has another shape ($N = H$, no gate/up pair) —
 # but never its own `BLOCK_SIZE_M`: both GEMMs walk the same aligned blocks. `fused_moe` runs the Triton
 # routing first (notebook 02). Both against the fp64 oracle, for several batch sizes:

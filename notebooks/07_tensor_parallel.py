@@ -44,7 +44,7 @@ import torch
 from moe_lib.teach import viz
 from moe_lib.config import MIXTRAL_8X7B, MIXTRAL_8X7B_LAYERS, TINY
 from moe_lib.gate import MoEGate
-from moe_lib.kernels.fused_moe import fused_experts
+from moe_lib.kernels.experts import fused_experts
 from moe_lib.parallel import (
     RankError,
     all_reduce_sum,

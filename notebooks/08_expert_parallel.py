@@ -42,7 +42,7 @@ import torch
 from moe_lib.teach import viz
 from moe_lib.config import TINY
 from moe_lib.gate import MoEGate
-from moe_lib.kernels.fused_moe import fused_experts
+from moe_lib.kernels.experts import fused_experts
 from moe_lib.parallel import (
     Case,
     EplbPlan,

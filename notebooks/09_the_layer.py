@@ -47,7 +47,8 @@ import torch
 
 from moe_lib import checkpoint
 from moe_lib.teach import viz
-from moe_lib.layer import MixtralMoE, record_routing, replace_moe_blocks
+from moe_lib.layer import MixtralMoE
+from moe_lib.model import record_routing, replace_moe_blocks
 from moe_lib.parallel import shard_w13, shard_w2
 from moe_lib.testing import randn, rel_err, seeded, verdict
 
@@ -255,10 +256,10 @@ except RuntimeError as err:
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## 6. The whole model
 #
-# `replace_moe_blocks(model, checkpoint)` finds every `MixtralSparseMoeBlock` in a transformers model, builds a
-# `MixtralMoE` for it from the model's config, loads that layer's weights from the checkpoint, and puts it in
-# the block's place. Attention, norms and embeddings stay transformers'. First the reference: the unmodified
-# model against the golden logits recorded when the checkpoint was made.
+# `moe_lib.model.replace_moe_blocks(model, checkpoint)` finds every `MixtralSparseMoeBlock` in a transformers
+# model, builds a `MixtralMoE` for it from the model's config, loads that layer's weights from the checkpoint,
+# and puts it in the block's place. Attention, norms and embeddings stay transformers'. First the reference:
+# the unmodified model against the golden logits recorded when the checkpoint was made.
 
 # %% slideshow={"slide_type": "-"}
 golden, meta = checkpoint.read_golden(CKPT)
@@ -348,3 +349,5 @@ viz.expert_usage(routing, E)
 #
 # **Beyond this notebook:** the same `MixtralMoE`, built with `tp_size=2, tp_rank=r` in each of two processes,
 # loads the same checkpoint and all-reduces over NCCL on GPUs — see notebook 07 for multi-process runs.
+# `python -m moe_lib.parallel.golden --tp 2` runs this whole tiny model that way (gloo on the CPU) and checks
+# every rank against the golden logits and tokens.

@@ -42,11 +42,12 @@ def decode_floor_us(hidden: int, inter: int, top_k: int, tp: int, bandwidth_tbps
 check_decode_floor(decode_floor_us)
 
 # %% [markdown]
-# For Mixtral at TP = 8 on the recorded H100 (2.98 TB/s) that is about 30 µs — the recorded ~40 µs is 74 %
-# of it. Forgetting that a rank holds only $1/tp$ of every expert gives the TP = 1 number for every TP:
+# For Mixtral at TP = 8 on an H200, whose copy ran at about 4.2 TB/s in the recorded run, that is about 21 µs;
+# notebook 06 (section 5) shows how far above it the recorded call lands. Forgetting that a rank holds only
+# $1/tp$ of every expert gives the TP = 1 number for every TP:
 
 # %%
-print(f"TP = 8 floor: {decode_floor_us(4096, 14336, 2, 8, 2.98):.1f} µs")
+print(f"TP = 8 floor at 4.2 TB/s: {decode_floor_us(4096, 14336, 2, 8, 4.2):.1f} µs")
 
 
 def decode_floor_us_whole(hidden: int, inter: int, top_k: int, tp: int, bandwidth_tbps: float) -> float:

@@ -67,4 +67,49 @@ def moe_reference(
     return out
 
 
-__all__ = ["silu_and_mul", "moe_reference", "check_moe_args"]
+def moe_reference_fp8(
+    hidden_states: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    *,
+    w1_scale: torch.Tensor,
+    w2_scale: torch.Tensor,
+    a1_scale: torch.Tensor | None = None,
+    a2_scale: torch.Tensor | None = None,
+    block_shape: list[int] | None = None,
+    per_channel_quant: bool = False,
+) -> torch.Tensor:
+    """The FP8 w8a8 layer in float64: the loop over the dequantized e4m3 weights, with both activation
+    quantizations emulated exactly as the kernels make them (x before GEMM1; the activation, rounded to x's
+    dtype, before GEMM2), so that a fast FP8 path can be held to a tight tolerance. Scales as in
+    ``fused_experts(..., use_fp8_w8a8=True)``; returns (M, H) float64."""
+    from .kernels.quant import dequantize_weight, quantize_activation_torch
+
+    num_tokens, top_k = topk_ids.shape
+    group = None if block_shape is None else block_shape[1]
+
+    def quantized(a: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+        q, s = quantize_activation_torch(a, group, per_token=per_channel_quant, scale=scale)
+        if group is not None:
+            s = s.repeat_interleave(group, dim=1)[:, : a.shape[1]]
+        return q.double() * s.double()
+
+    w13_d = dequantize_weight(w13, w1_scale, block_shape).double()  # (E, 2I, H)
+    w2_d = dequantize_weight(w2, w2_scale, block_shape).double()  # (E, H, I)
+    x = quantized(hidden_states, a1_scale)  # (M, H)
+    ids = topk_ids.long().reshape(-1)  # (M * k,) by flat id t * k + j
+    rows_of = [torch.nonzero(ids == e).flatten() for e in range(w13.shape[0])]  # flat ids per expert
+    act = torch.zeros(ids.numel(), w2.shape[2], dtype=torch.float64, device=x.device)  # (M * k, I)
+    for e, rows in enumerate(rows_of):
+        act[rows] = silu_and_mul(x[rows // top_k] @ w13_d[e].T)
+    act = quantized(act.to(hidden_states.dtype), a2_scale)  # stored in x's dtype, then quantized
+    y = torch.zeros(ids.numel(), w2.shape[1], dtype=torch.float64, device=x.device)  # (M * k, H)
+    for e, rows in enumerate(rows_of):
+        y[rows] = act[rows] @ w2_d[e].T
+    y = y * topk_weights.reshape(-1, 1).double()
+    return y.view(num_tokens, top_k, -1).sum(dim=1)
+
+
+__all__ = ["silu_and_mul", "moe_reference", "moe_reference_fp8", "check_moe_args"]

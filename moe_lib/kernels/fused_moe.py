@@ -39,6 +39,9 @@ def fused_moe_kernel(
     a_desc, b_desc, b_half_desc,
     # Pointers to routing data: topk_weights (M * top_k,) fp32, and the alignment's three outputs
     topk_weights_ptr, sorted_token_ids_ptr, expert_ids_ptr, num_tokens_post_padded_ptr,
+    # FP8 scales (fp32; unused unless SCALES): A's (one, per A row, or per A row and K group) and B's (per expert,
+    # per expert and row of B, or per expert and (row group, K group))
+    a_scale_ptr, b_scale_ptr,
     # Matrix dimensions: N columns of C, K the reduction, EM = len(sorted_token_ids),
     # num_valid_tokens = M * top_k (larger ids are padding), num_experts = experts in B
     N, K, EM, num_valid_tokens, num_experts,
@@ -46,6 +49,7 @@ def fused_moe_kernel(
     stride_am, stride_ak,
     stride_be, stride_bn, stride_bk,
     stride_cm, stride_cn,
+    stride_asm, stride_ask, stride_bse, stride_bsn, stride_bsk,
     # Programs that run at once (the GPU's multiprocessors): sizes the last wave for SPLIT_TAIL
     num_sms,
     # Meta-parameters
@@ -61,6 +65,8 @@ def fused_moe_kernel(
     BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
     GROUP_SIZE_M: tl.constexpr,
     USE_PDL: tl.constexpr = False,  # programmatic dependent launch (see runtime.pdl)
+    SCALES: tl.constexpr = 0,  # FP8 w8a8: 0 none, 1 per tensor, 2 per channel / token, 3 per block / token group
+    GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,  # SCALES 3: B's scale blocks (BLOCK_SIZE_K | GROUP_K)
 ):
     pdl_start(USE_PDL)
     # -----------------------------------------------------------
@@ -80,21 +86,23 @@ def fused_moe_kernel(
     if pid < num_whole:
         pid_m, pid_n = grouped_tile(pid, num_pid_m, num_pid_n, GROUP_SIZE_M)
         _moe_tile(a_ptr, b_ptr, c_ptr, a_desc, topk_weights_ptr, sorted_token_ids_ptr, expert_ids_ptr,
-                  N, K, EM, num_valid_tokens, num_experts,
+                  a_scale_ptr, b_scale_ptr, N, K, EM, num_valid_tokens, num_experts,
                   stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn,
+                  stride_asm, stride_ask, stride_bse, stride_bsn, stride_bsk,
                   b_desc, pid_m, pid_n * BLOCK_SIZE_N,
                   A_ROWS_DIV, C_ROWS_DIV, GATED, MUL_ROUTED_WEIGHT, TMA, C_SORTED, COMPUTE_FP32, DOT_PRECISION,
-                  BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K)
+                  BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K, SCALES, GROUP_N, GROUP_K)
     elif SPLIT_TAIL:
         half = pid - num_whole  # programs num_whole + 2t and + 2t + 1 share tile num_whole + t
         if half < 2 * (num_tiles - num_whole):
             pid_m, pid_n = grouped_tile(num_whole + half // 2, num_pid_m, num_pid_n, GROUP_SIZE_M)
             _moe_tile(a_ptr, b_ptr, c_ptr, a_desc, topk_weights_ptr, sorted_token_ids_ptr, expert_ids_ptr,
-                      N, K, EM, num_valid_tokens, num_experts,
+                      a_scale_ptr, b_scale_ptr, N, K, EM, num_valid_tokens, num_experts,
                       stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn,
+                      stride_asm, stride_ask, stride_bse, stride_bsn, stride_bsk,
                       b_half_desc, pid_m, pid_n * BLOCK_SIZE_N + (half % 2) * (BLOCK_SIZE_N // 2),
                       A_ROWS_DIV, C_ROWS_DIV, GATED, MUL_ROUTED_WEIGHT, TMA, C_SORTED, COMPUTE_FP32,
-                      DOT_PRECISION, BLOCK_SIZE_M, BLOCK_SIZE_N // 2, BLOCK_SIZE_K)
+                      DOT_PRECISION, BLOCK_SIZE_M, BLOCK_SIZE_N // 2, BLOCK_SIZE_K, SCALES, GROUP_N, GROUP_K)
 
 
 @triton.jit
@@ -113,13 +121,15 @@ def grouped_tile(tile, num_pid_m, num_pid_n, GROUP_SIZE_M: tl.constexpr):
 @triton.jit
 def _moe_tile(
     a_ptr, b_ptr, c_ptr, a_desc, topk_weights_ptr, sorted_token_ids_ptr, expert_ids_ptr,
-    N, K, EM, num_valid_tokens, num_experts,
+    a_scale_ptr, b_scale_ptr, N, K, EM, num_valid_tokens, num_experts,
     stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn,
+    stride_asm, stride_ask, stride_bse, stride_bsn, stride_bsk,
     b_desc,  # B's descriptor with boxes of (1, BLOCK_SIZE_N, BLOCK_SIZE_K)
     pid_m, first_col,  # the tile: row block pid_m, columns [first_col, first_col + BLOCK_SIZE_N)
     A_ROWS_DIV: tl.constexpr, C_ROWS_DIV: tl.constexpr, GATED: tl.constexpr, MUL_ROUTED_WEIGHT: tl.constexpr,
     TMA: tl.constexpr, C_SORTED: tl.constexpr, COMPUTE_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
+    SCALES: tl.constexpr, GROUP_N: tl.constexpr, GROUP_K: tl.constexpr,
 ):
     """One BLOCK_SIZE_M x BLOCK_SIZE_N tile of C (see fused_moe_kernel for the arguments)."""
     # -----------------------------------------------------------
@@ -164,6 +174,10 @@ def _moe_tile(
     # last rows of B). Gate rows past N read up rows: they only feed columns that are never stored.
     row_a = (pid_m * BLOCK_SIZE_M).to(tl.int32)
     row_b = first_col.to(tl.int32)
+    if SCALES == 3:  # FP8 per block: A's scales per (row, K group), B's per (row group, K group)
+        a_scale_ptrs = a_scale_ptr + a_rows * stride_asm
+        b_scale_ptrs = b_scale_ptr + expert * stride_bse + (offs_bn // GROUP_N) * stride_bsn
+        b_up_scale_ptrs = b_scale_ptr + expert * stride_bse + ((offs_bn + N) // GROUP_N) * stride_bsn
     for k in range(0, tl.cdiv(K, BLOCK_SIZE_K)):
         k_mask = offs_k < K - k * BLOCK_SIZE_K
         if TMA:
@@ -175,7 +189,13 @@ def _moe_tile(
         if COMPUTE_FP32:
             a = a.to(tl.float32)
             b = b.to(tl.float32)
-        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        if SCALES == 3:
+            k_group = (k * BLOCK_SIZE_K) // GROUP_K
+            a_s = tl.load(a_scale_ptrs + k_group * stride_ask, mask=row_mask, other=0.0)  # (BLOCK_SIZE_M,)
+            b_s = tl.load(b_scale_ptrs + k_group * stride_bsk, mask=col_mask, other=0.0)  # (BLOCK_SIZE_N,)
+            acc += tl.dot(a, b, input_precision=DOT_PRECISION) * (a_s[:, None] * b_s[None, :])
+        else:
+            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
         if GATED:
             if TMA:
                 b_up = b_desc.load([expert.to(tl.int32), N + row_b, k * BLOCK_SIZE_K])
@@ -184,13 +204,28 @@ def _moe_tile(
                 b_up = tl.load(b_up_ptrs, mask=k_mask[:, None] & col_mask[None, :], other=0.0)
             if COMPUTE_FP32:
                 b_up = b_up.to(tl.float32)
-            acc_up = tl.dot(a, b_up, acc_up, input_precision=DOT_PRECISION)
+            if SCALES == 3:
+                b_up_s = tl.load(b_up_scale_ptrs + k_group * stride_bsk, mask=col_mask, other=0.0)
+                acc_up += tl.dot(a, b_up, input_precision=DOT_PRECISION) * (a_s[:, None] * b_up_s[None, :])
+            else:
+                acc_up = tl.dot(a, b_up, acc_up, input_precision=DOT_PRECISION)
             b_up_ptrs += BLOCK_SIZE_K * stride_bk
         a_ptrs += BLOCK_SIZE_K * stride_ak
         b_ptrs += BLOCK_SIZE_K * stride_bk
 
     # -----------------------------------------------------------
-    # Epilogue in fp32: SiLU-and-mul, the routing weight, then one rounding to C's dtype.
+    # Epilogue in fp32: FP8 scales, SiLU-and-mul, the routing weight, then one rounding to C's dtype.
+    if SCALES == 1:  # one scale for A, one per expert for B (w1 and w3 share it)
+        scale = tl.load(a_scale_ptr) * tl.load(b_scale_ptr + expert * stride_bse)
+        acc = acc * scale
+        acc_up = acc_up * scale
+    elif SCALES == 2:  # per token (A's row) and per channel (B's row)
+        a_s = tl.load(a_scale_ptr + a_rows * stride_asm, mask=row_mask, other=0.0)[:, None]
+        b_s = tl.load(b_scale_ptr + expert * stride_bse + offs_bn * stride_bsn, mask=col_mask, other=0.0)
+        acc = acc * a_s * b_s[None, :]
+        if GATED:
+            b_up_s = tl.load(b_scale_ptr + expert * stride_bse + (offs_bn + N) * stride_bsn, mask=col_mask, other=0.0)
+            acc_up = acc_up * a_s * b_up_s[None, :]
     if GATED:
         acc = acc * tl.sigmoid(acc) * acc_up
     if MUL_ROUTED_WEIGHT:
@@ -334,31 +369,44 @@ def invoke_fused_moe_kernel(
     split_tail: bool = False,
     num_sms: int | None = None,
     use_pdl: bool = False,
+    a_scale: torch.Tensor | None = None,
+    b_scale: torch.Tensor | None = None,
+    scales: int = 0,
+    group_n: int = 1,
+    group_k: int = 1,
 ) -> None:
     """Launch one grouped GEMM: C[flat id // c_rows_div] (+)= A[flat id // a_rows_div] @ B[expert].T (see
     the kernel). ``topk_weights`` is flat (M * top_k,) fp32. With ``tma`` A is already in sorted order (row =
     sorted position, :func:`gather_sorted_rows`) and A and B are read through tensor descriptors; with
     ``c_sorted`` C's rows are sorted positions too. ``split_tail`` (needs ``num_sms``, the programs that run
-    at once) adds up to num_sms / 2 programs for half-width tiles of a sparse last wave."""
+    at once) adds up to num_sms / 2 programs for half-width tiles of a sparse last wave. FP8: ``scales`` 1 (per
+    tensor: ``a_scale`` one value, ``b_scale`` (E,)), 2 (per token (rows, 1) / per channel (E, N, 1)) or 3 (per
+    token group (rows, K/group_k) / per block (E, N/group_n, K/group_k)), A and B in e4m3."""
     n = c.shape[1]
     k = a.shape[1]
     em = sorted_token_ids.shape[0]
     bm, bn, bk = config["BLOCK_SIZE_M"], config["BLOCK_SIZE_N"], config["BLOCK_SIZE_K"]
     tiles = triton.cdiv(em, bm) * triton.cdiv(n, bn)  # the worst case: every row block holds tokens
     grid = (tiles + (num_sms // 2 if split_tail else 0),)
-    compute_fp32 = runtime.INTERPRET and a.dtype != torch.float32
+    compute_fp32 = runtime.INTERPRET and a.dtype != torch.float32  # bf16, fp16 and fp8 alike
     a_desc = TensorDescriptor.from_tensor(a, [bm, bk]) if tma else None  # boxes of (BM, BK) rows of A
     b_desc = TensorDescriptor.from_tensor(b, [1, bn, bk]) if tma else None  # (1, BN, BK) of one expert
     b_half_desc = TensorDescriptor.from_tensor(b, [1, bn // 2, bk]) if tma and split_tail else None
+    a_s = a_scale if scales else topk_weights  # any fp32 pointer: never read without SCALES
+    b_s = b_scale if scales else topk_weights
+    a_s_strides = (a_s.stride(0), a_s.stride(1)) if scales and a_s.dim() == 2 else (0, 0)
+    b_s_strides = (tuple(b_s.stride()) + (0, 0))[:3] if scales else (0, 0, 0)
     with runtime.quiet_interpreter():
         fused_moe_kernel[grid](
             a, b, c,
             a_desc, b_desc, b_half_desc,
             topk_weights, sorted_token_ids, expert_ids, num_tokens_post_padded,
+            a_s, b_s,
             n, k, em, topk_weights.shape[0], b.shape[0],  # num_valid_tokens = M * top_k
             a.stride(0), a.stride(1),
             b.stride(0), b.stride(1), b.stride(2),
             c.stride(0), c.stride(1),
+            *a_s_strides, *b_s_strides,
             num_sms if split_tail else 1,
             A_ROWS_DIV=a_rows_div,
             C_ROWS_DIV=c_rows_div,
@@ -377,6 +425,9 @@ def invoke_fused_moe_kernel(
             launch_pdl=use_pdl,
             num_warps=config["num_warps"],
             num_stages=config["num_stages"],
+            SCALES=scales,
+            GROUP_N=group_n,
+            GROUP_K=group_k,
         )
 
 

@@ -1,16 +1,25 @@
 """moe_lib: the Mixtral MoE layer as vLLM runs it, rebuilt to be read, tested and timed.
 
 ``runtime`` is imported first on purpose: without CUDA it switches Triton to its interpreter before any
-module below defines a ``@triton.jit`` kernel.
+module below defines a ``@triton.jit`` kernel. The model side (``MixtralMoE``, ``MoEGate``) is imported on first
+use, so that ``python -m moe_lib.checkpoint`` and friends run their module once, without a runpy warning.
 """
+
+import importlib
 
 from . import runtime  # noqa: I001  (must come first)
 from .config import MIXTRAL_8X7B, TINY, MoEConfig
-from .gate import MoEGate
-from .layer import MixtralMoE
 from .reference import moe_reference, silu_and_mul
 from .kernels.routing import topk_softmax, topk_softmax_triton
 from .testing import assert_close, rel_err, verdict
+
+_LAZY = {"MoEGate": "gate", "MixtralMoE": "layer"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'moe_lib' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 

@@ -168,7 +168,3 @@ __all__ = [
     "environment_report",
     "format_report",
 ]
-
-if __name__ == "__main__":  # python -m moe_lib.runtime
-    print(format_report())
-    sys.exit(0)

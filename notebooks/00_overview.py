@@ -27,7 +27,7 @@
 # 1. what an MoE layer computes, and why it is cheaper than its parameter count suggests;
 # 2. Mixtral 8x7B's numbers: parameters stored versus used per token, bytes, FLOPs;
 # 3. the vLLM layer we reproduce, piece by piece;
-# 4. the road map of notebooks 00–09;
+# 4. the road map of notebooks 00–10;
 # 5. a check of the machine these notebooks run on.
 
 # %% slideshow={"slide_type": "skip"}
@@ -77,7 +77,7 @@ w_gate = randn(cfg.num_experts, cfg.hidden_size, generator=gen, scale=0.15)  # (
 
 logits = x @ w_gate.T  # (M, E)
 probs = torch.softmax(logits.float(), dim=-1)  # (M, E)
-top_p, top_ids = probs.topk(cfg.top_k, dim=-1)  # (M, k)  (fine without ties; notebook 02 on ties)
+top_p, top_ids = probs.topk(cfg.top_k, dim=-1)  # (M, k)  (fine without ties; notebook 03 on ties)
 weights = top_p / top_p.sum(dim=-1, keepdim=True)  # (M, k): renormalized
 
 ref_weights, ref_ids = moe_lib.topk_softmax(logits, cfg.top_k)  # the library's routing
@@ -89,8 +89,8 @@ for t in range(x.shape[0]):
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # Every token lands on its own pair of experts: the work per token is 2 expert MLPs, never 8. The
-# other six experts of that token are simply not computed. (Notebook 02 explains why the softmax runs in
-# fp32 and how ties are broken; notebook 03 runs the experts.)
+# other six experts of that token are simply not computed. (Notebook 03 explains why the softmax runs in
+# fp32 and how ties are broken; notebook 04 runs the experts.)
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## 2. Mixtral 8x7B's numbers
@@ -151,7 +151,7 @@ print(f"FLOPs per token, {L} layers: {L * m.flops_per_token() / 1e9:6.1f} GFLOP"
 # * **At small batch sizes the layer is bound by reading weights.** Decoding one token reads the weights
 #   of its 2 experts (0.70 GB) to do 0.7 GFLOP: about one FLOP per byte, far below what a GPU can do per
 #   byte it reads. A batch of tokens shares the weight reads only when tokens pick the same experts —
-#   notebook 03 counts this, notebook 06 measures it.
+#   notebook 04 counts this, notebook 07 measures it.
 
 # %% slideshow={"slide_type": "-"}
 viz.moe_parameters(MIXTRAL_8X7B, num_layers=MIXTRAL_8X7B_LAYERS)
@@ -165,11 +165,11 @@ viz.moe_parameters(MIXTRAL_8X7B, num_layers=MIXTRAL_8X7B_LAYERS)
 # | step | what happens | shapes | notebook |
 # |---|---|---|---|
 # | gate | a **replicated** `Linear(H → E, bias=False)`: every GPU holds the whole (small) router and scores every token | $(M, H) \to (M, E)$ logits, activation dtype | 01 |
-# | routing | softmax **in fp32** (max-subtracted) → top-$k$ (ties to the lower id) → renormalize | $(M, k)$ fp32 weights, $(M, k)$ int32 ids | 02 |
-# | expert math | for each chosen expert: $W_{13}$ GEMM → SiLU·mul → $W_2$ GEMM, weighted sum over the $k$ | $(M, H)$ | 03 (reference) |
-# | alignment | sort the (token, slot) pairs by expert, pad each group to a tile size | sorted ids, one expert id per block | 04 |
-# | fused MoE | one **Triton** grouped-GEMM kernel runs all experts' tiles at once | $(M \cdot k, 2I)$, $(M \cdot k, H)$ | 05 |
-# | tensor parallel | every GPU holds a slice of **every** expert along $I$; partial outputs are **all-reduced** | $(M, H)$ partial sums → sum | 07 |
+# | routing | softmax **in fp32** (max-subtracted) → top-$k$ (ties to the lower id) → renormalize | $(M, k)$ fp32 weights, $(M, k)$ int32 ids | 03 |
+# | expert math | for each chosen expert: $W_{13}$ GEMM → SiLU·mul → $W_2$ GEMM, weighted sum over the $k$ | $(M, H)$ | 04 (reference) |
+# | alignment | sort the (token, slot) pairs by expert, pad each group to a tile size | sorted ids, one expert id per block | 05 |
+# | fused MoE | one **Triton** grouped-GEMM kernel runs all experts' tiles at once | $(M \cdot k, 2I)$, $(M \cdot k, H)$ | 06 |
+# | tensor parallel | every GPU holds a slice of **every** expert along $I$; partial outputs are **all-reduced** | $(M, H)$ partial sums → sum | 08 |
 #
 # The expert weights live fused, as in vLLM (and in Hugging Face `transformers` 5): `w13` of shape
 # $(E, 2I, H)$ — rows $[0, I)$ are $W_1$ (gate), rows $[I, 2I)$ are $W_3$ (up) — and `w2` of shape
@@ -186,14 +186,15 @@ viz.moe_parameters(MIXTRAL_8X7B, num_layers=MIXTRAL_8X7B_LAYERS)
 # |---|---|---|
 # | **00 overview** | the MoE layer, Mixtral's numbers, the road map, device check | `config`, `runtime` |
 # | **01 gate** | the router: a linear map $H \to E$ | `gate` |
-# | **02 top-k routing** | fp32 softmax → top-$k$ → renormalize; a Triton routing kernel | `routing` |
-# | **03 reference MoE** | the loop over experts; checked against Hugging Face's block | `reference`, `testing` |
-# | **04 alignment** | sort tokens by expert, pad to `BLOCK_M` | `kernels/align` |
-# | **05 fused kernel** | the Triton grouped GEMM: GEMM1 → SiLU·mul → GEMM2 → sum | `kernels/fused_moe` |
-# | **06 performance** | floors, roofline, tuning, comparison with peers | `bench`, `tune`, `kernels/configs/` |
-# | **07 tensor parallel** | shards, all-reduce, gloo and NCCL runs | `parallel` |
-# | **08 expert parallel** | `expert_map`, expert-parallel load balancing (EPLB) | `parallel` |
-# | **09 the layer** | `MixtralMoE`, checkpoint loading, the whole model | `layer`, `checkpoint` |
+# | **02 Triton primer** | programs, blocks, masks, strides, `tl.dot`; the interpreter and debugging | `teach/viz` |
+# | **03 top-k routing** | fp32 softmax → top-$k$ → renormalize; a Triton routing kernel | `routing` |
+# | **04 reference MoE** | the loop over experts; checked against Hugging Face's block | `reference`, `testing` |
+# | **05 alignment** | sort tokens by expert, pad to `BLOCK_M` | `kernels/align` |
+# | **06 fused kernel** | the Triton grouped GEMM: GEMM1 → SiLU·mul → GEMM2 → sum | `kernels/fused_moe` |
+# | **07 performance** | floors, roofline, tuning, comparison with peers | `bench`, `tune`, `kernels/configs/` |
+# | **08 tensor parallel** | shards, all-reduce, gloo and NCCL runs | `parallel` |
+# | **09 expert parallel** | `expert_map`, expert-parallel load balancing (EPLB) | `parallel` |
+# | **10 the layer** | `MixtralMoE`, checkpoint loading, the whole model | `layer`, `checkpoint` |
 #
 # Across all of them: `moe_lib.teach.viz` draws the figures, `moe_lib.testing` compares results. Each
 # comparison prints one line: `PASS`/`FAIL`, and the power of ten just above the relative error
@@ -202,7 +203,7 @@ viz.moe_parameters(MIXTRAL_8X7B, num_layers=MIXTRAL_8X7B_LAYERS)
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## 5. Where these notebooks run
 #
-# On a machine with an NVIDIA GPU, the Triton kernels of notebooks 02 and 05 are compiled for it. Without
+# On a machine with an NVIDIA GPU, the Triton kernels of notebooks 02, 03, 05 and 06 are compiled for it. Without
 # one, `moe_lib.runtime` switches Triton to its **interpreter**, which runs the same kernel source on the
 # CPU with numpy — slowly, but exactly enough to check it. (The interpreter does not compute bf16
 # correctly, so the CPU runs use fp32 and small shapes such as `TINY`.) Your machine:

@@ -25,7 +25,7 @@
 # $$
 #
 # Row $t$ of $\ell$ holds token $t$'s **router logits**: one score per expert, $\ell_{te} = \langle x_t,
-# W_{g,e}\rangle$ — how well the token aligns with expert $e$'s row of the gate. Notebook 02 turns these
+# W_{g,e}\rangle$ — how well the token aligns with expert $e$'s row of the gate. Notebook 03 turns these
 # scores into a choice of experts.
 #
 # In this notebook: the gate derived by hand, checked against `moe_lib.gate.MoEGate` and against Hugging
@@ -117,7 +117,7 @@ print(f"measured std   : {logits.std().item():.3f}   ({logits.numel()} logits)")
 # The gate acts on the last dimension only, so it takes a flat batch $(M, H)$ or a $(\text{batch},
 # \text{seq}, H)$ tensor alike. Its output has the **dtype of the gate's weight**, which in vLLM is the
 # model's activation dtype — bf16 for Mixtral. The logits are *not* upcast here; routing does that
-# (notebook 02).
+# (notebook 03).
 
 # %% slideshow={"slide_type": "-"}
 batch = x.view(2, 8, cfg.hidden_size)  # (batch, seq, H)
@@ -133,7 +133,7 @@ print(verdict("bf16 logits vs fp32 logits", logits_bf16, logits, tol=tolerance(t
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # bf16 keeps 8 significant bits, so bf16 logits differ from the fp32 ones by a few parts in a thousand.
 # That is harmless for the logits themselves, but it means two experts whose scores are close in fp32 can
-# share one bf16 value — the tie-breaking rule of notebook 02 matters in practice.
+# share one bf16 value — the tie-breaking rule of notebook 03 matters in practice.
 #
 # The gate checks its input and names what is wrong:
 
@@ -146,7 +146,7 @@ except ValueError as err:
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## 5. Why vLLM replicates the gate
 #
-# With tensor parallelism, vLLM splits every expert across the GPUs (notebook 07) but gives **each GPU
+# With tensor parallelism, vLLM splits every expert across the GPUs (notebook 08) but gives **each GPU
 # the whole gate**. It can afford to: the gate is tiny next to the experts.
 
 # %% slideshow={"slide_type": "-"}
@@ -168,7 +168,7 @@ print(f"Mixtral experts : {expert_bytes / 1e9:.2f} GB per layer  -> the gate is 
 # Hugging Face `transformers` has an independent implementation: `MixtralTopKRouter`, the `gate` of its
 # `MixtralSparseMoeBlock`. We build one from a small `MixtralConfig` with our shapes. Its weight is created
 # **uninitialized** (arbitrary memory), so we copy ours in before using it. Its forward returns three
-# things: the logits, and — a preview of notebook 02 — the top-$k$ weights and expert ids.
+# things: the logits, and — a preview of notebook 03 — the top-$k$ weights and expert ids.
 
 # %% slideshow={"slide_type": "-"}
 hf_config = MixtralConfig(
@@ -185,24 +185,9 @@ with torch.no_grad():
 print("HF returns:", tuple(hf_logits.shape), tuple(hf_scores.shape), tuple(hf_ids.shape))
 print(verdict("MoEGate vs HF MixtralTopKRouter logits", ref, hf_logits))
 
-weights, ids = topk_softmax(ref, cfg.top_k)  # notebook 02's routing, applied to our logits
+weights, ids = topk_softmax(ref, cfg.top_k)  # notebook 03's routing, applied to our logits
 print(verdict("topk_softmax vs HF router weights", weights, hf_scores),
       "| same expert ids:", torch.equal(ids.long(), hf_ids))
-
-# %% [markdown] slideshow={"slide_type": "slide"}
-# ## What you learned
-#
-# * The gate is one bias-free linear map $H \to E$: $\ell = x W_g^\top$, every token scored against every
-#   expert. Its output stays in the activation dtype.
-# * A freshly initialized gate ($\sigma = 0.02$) gives logits of standard deviation about $0.02\sqrt{H}$,
-#   i.e. a nearly uniform router.
-# * vLLM replicates the gate on every GPU: 64 KiB for Mixtral, and identical routing everywhere with no
-#   communication.
-# * `MoEGate` agrees with Hugging Face's `MixtralTopKRouter` once both hold the same weight.
-#
-# **Next — [02 · top-k routing](02_routing.ipynb):** from logits to a choice of $k$ experts and their
-# weights — softmax in fp32, top-$k$, renormalization, ties, NaNs, and a Triton kernel that does it all
-# in one pass.
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## Exercises
@@ -247,3 +232,18 @@ def logit_std(init_std: float, hidden_size: int) -> float:
 
 
 check_logit_std(logit_std)
+
+# %% [markdown] slideshow={"slide_type": "slide"}
+# ## What you learned
+#
+# * The gate is one bias-free linear map $H \to E$: $\ell = x W_g^\top$, every token scored against every
+#   expert. Its output stays in the activation dtype.
+# * A freshly initialized gate ($\sigma = 0.02$) gives logits of standard deviation about $0.02\sqrt{H}$,
+#   i.e. a nearly uniform router.
+# * vLLM replicates the gate on every GPU: 64 KiB for Mixtral, and identical routing everywhere with no
+#   communication.
+# * `MoEGate` agrees with Hugging Face's `MixtralTopKRouter` once both hold the same weight.
+#
+# **Next — [02 · a Triton primer](02_triton_primer.ipynb):** the language the kernels of the next notebooks
+# are written in — programs, blocks, masks, strides, `tl.dot` — on tiny kernels, each drawn element by
+# element; then [03 · top-k routing](03_routing.ipynb) turns these logits into a choice of $k$ experts.

@@ -5,7 +5,7 @@
     simulate     RankShard, rank_partial (fused_experts on a rank's shard), the all-reduce as a sum
     launch       launch(): N local processes with a process group, prompt failure, timeouts
     distributed  the layer on real processes: route, rank_forward (partial + all-reduce), run_parallel
-    faults       ranks that fail or stall on purpose (for tests and notebook 07)
+    faults       ranks that fail or stall on purpose (for tests and notebook 08)
     bench        the NCCL benchmark (GPU); run: the command line (python -m moe_lib.parallel.run)
 """
 

@@ -51,7 +51,7 @@ def measure_ceilings(sustained: bool = False) -> dict[str, float]:
     """Copy bandwidth (TB/s, read + write) and bf16 matmul rate (TFLOP/s) of this card, now: 20 calls of
     each (about 30 ms of matmuls). ``sustained`` adds ``matmul_sustained_TFLOPs``: the matmul timed the way the
     layer is (a CUDA graph of 10, median of 20 replays: about 0.3 s of matmuls, long enough for a card held to
-    its power limit to lower its clocks; see notebook 06)."""
+    its power limit to lower its clocks; see notebook 07)."""
     n = 1 << 30  # 1 GiB
     src = torch.empty(n, dtype=torch.uint8, device="cuda").random_(0, 255)
     dst = torch.empty_like(src)

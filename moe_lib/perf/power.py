@@ -18,7 +18,7 @@ POWER_CAP_BIT = 0x4
 class PowerLog:
     """While the ``with`` block runs, sample the GPU's SM clock, power draw, temperature and throttle reasons
     (nvidia-smi, about every ``period`` s, from a background thread) into a CSV file with a header line:
-    the clocks a benchmark ran at, to line up with its records' ``t_s`` (see notebook 06)."""
+    the clocks a benchmark ran at, to line up with its records' ``t_s`` (see notebook 07)."""
 
     def __init__(self, path, period: float = 0.2, gpu: int = 0):
         self.path, self.period, self.gpu = Path(path), period, gpu

@@ -106,7 +106,7 @@ def _slider(description: str, value: int, low: int, high: int, step: int = 1) ->
 
 
 # ----------------------------------------------------------------------------------------------------
-# Routing (notebook 02)
+# Routing (notebook 03)
 # ----------------------------------------------------------------------------------------------------
 def routing_explorer(*, num_experts: int = 8, num_tokens: int = 32, top_k: int = 2, seed: int = 0) -> Explorer:
     """Route random logits: sliders for tokens, top_k and seed; a routing heatmap and the expert load.
@@ -139,7 +139,7 @@ def routing_explorer(*, num_experts: int = 8, num_tokens: int = 32, top_k: int =
 
 
 # ----------------------------------------------------------------------------------------------------
-# Alignment (notebook 04)
+# Alignment (notebook 05)
 # ----------------------------------------------------------------------------------------------------
 BLOCK_M_CHOICES = (1, 2, 4, 8, 16, 32, 64)
 
@@ -150,7 +150,7 @@ def alignment_explorer(
     """Align random routing: BLOCK_M, tokens and seed; the padded layout and how many rows are padding.
 
     Alignment is the torch specification :func:`moe_lib.kernels.align.moe_align_block_size_torch` (the
-    Triton kernel gives identical tensors, notebook 04).
+    Triton kernel gives identical tensors, notebook 05).
     """
     check_int("num_experts", num_experts, low=2, high=64)
     check_int("top_k", top_k, low=1, high=num_experts)
@@ -180,7 +180,7 @@ def alignment_explorer(
 
 
 # ----------------------------------------------------------------------------------------------------
-# Tensor parallel (notebook 07)
+# Tensor parallel (notebook 08)
 # ----------------------------------------------------------------------------------------------------
 TOKEN_CHOICES = tuple(2**i for i in range(13))  # 1 ... 4096
 

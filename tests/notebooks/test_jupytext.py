@@ -32,7 +32,7 @@ def _cells(nb) -> list[tuple[str, str, str | None]]:
 
 def test_there_are_notebooks_and_solutions():
     names = {p.name for p in NOTEBOOKS}
-    assert {"00_overview.ipynb", "02_routing.ipynb", "05_fused_kernel.ipynb"} <= names
+    assert {"00_overview.ipynb", "03_routing.ipynb", "06_fused_kernel.ipynb"} <= names
     assert any(p.parent.name == "solutions" for p in NOTEBOOKS)
 
 

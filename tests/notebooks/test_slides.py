@@ -17,6 +17,7 @@ jupytext = pytest.importorskip("jupytext")  # not on the GPU machine: skip there
 ROOT = Path(__file__).resolve().parents[2]
 SLIDE_NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
 SLIDE_TYPES = {"slide", "subslide", "fragment", "-", "skip", "notes"}
+EXERCISE_NOTEBOOKS = {"01", "03", "04", "05", "06", "07", "08"}  # the notebooks with a module in teach/exercises
 
 
 def _slide_types(pair: Path) -> list[tuple[str, str, str | None]]:
@@ -42,8 +43,20 @@ def test_every_cell_has_a_sensible_slide_type(pair):
     assert cells[0][2] == "slide" and cells[0][1].startswith("# "), "the title opens the deck"
     headers = [s.split("\n", 1)[0] for k, s, t in cells if t == "slide"]
     assert any(h.startswith("## What you learned") for h in headers), headers
-    if "01" <= pair.name[:2] <= "07":
+    if pair.name[:2] in EXERCISE_NOTEBOOKS:
         assert "## Exercises" in headers, f"{pair.name}: the exercises get their own slide"
+
+
+@pytest.mark.parametrize("pair", SLIDE_NOTEBOOKS, ids=[p.stem for p in SLIDE_NOTEBOOKS])
+def test_exercises_sit_at_the_same_place_in_every_notebook(pair):
+    """The lesson's sections, then the exercises (and puzzles), then "What you learned" with the Next link."""
+    sections = [s.lstrip().split("\n", 1)[0] for k, s, _ in _slide_types(pair)
+                if k == "markdown" and s.lstrip().startswith("## ")]
+    assert sections[-1].startswith("## What you learned"), f"{pair.name} ends with {sections[-1]!r}"
+    practice = [i for i, s in enumerate(sections) if s.startswith(("## Exercises", "## Puzzles"))]
+    assert practice == list(range(len(sections) - 1 - len(practice), len(sections) - 1)), (
+        f"{pair.name}: exercises and puzzles come right before 'What you learned': {sections}")
+    assert "**Next" in _slide_types(pair)[-1][1] or pair.name.startswith("10_"), f"{pair.name}: ends with Next"
 
 
 class _Sections(HTMLParser):
@@ -65,7 +78,7 @@ class _Sections(HTMLParser):
             self.depth -= 1
 
 
-@pytest.mark.parametrize("name", ["00_overview", "04_alignment"])
+@pytest.mark.parametrize("name", ["00_overview", "05_alignment"])
 def test_slides_build_with_one_section_per_slide(name):
     from nbconvert import SlidesExporter
 
@@ -82,7 +95,8 @@ def test_slides_build_with_one_section_per_slide(name):
     assert "What you learned" in body and "<img" in body  # prose and figures made it
 
 
-def test_make_slides_runs_nbconvert_into_a_git_ignored_folder():
+def test_make_slides_builds_offline_decks_into_a_git_ignored_folder():
+    """`make slides` runs moe_lib.teach.slides (nbconvert's reveal exporter, offline): tests/notebooks/test_decks.py."""
     dry = subprocess.run(["make", "-n", "slides"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    assert "nbconvert --to slides" in dry and "--output-dir build/slides" in dry, dry
+    assert "moe_lib.teach.slides decks" in dry and "--out build/slides" in dry, dry
     assert "build/" in (ROOT / ".gitignore").read_text().split()

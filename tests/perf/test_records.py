@@ -1,4 +1,4 @@
-"""The recorded GPU runs in data/bench/ that notebook 06 reads: they load, every figure draws them, the vLLM
+"""The recorded GPU runs in data/bench/ that notebook 07 reads: they load, every figure draws them, the vLLM
 reference holds its goal as its rule defines it, and every file is described in its folder's README."""
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from moe_lib.teach.viz import perf as vp
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data" / "bench"
 HISTORY = DATA / "history"
-#: The whole-layer runs of history/ that notebook 06 compares, before and after each production change.
+#: The whole-layer runs of history/ that notebook 07 compares, before and after each production change.
 HISTORY_RUNS = ("default_configs_NVIDIA_H200", "before_tma_NVIDIA_H200", "before_ksum_NVIDIA_H200",
                 "before_tma_NVIDIA_H100_80GB_HBM3", "before_ksum_NVIDIA_H100_80GB_HBM3", "NVIDIA_H100_80GB_HBM3")
-#: The printed tables of history/ that notebook 06 parses (bench --breakdown, and a repeat of bench).
+#: The printed tables of history/ that notebook 07 parses (bench --breakdown, and a repeat of bench).
 HISTORY_TABLES = ("before_ksum_breakdown_H100.txt", "breakdown_H100.txt", "repeat_NVIDIA_H100_80GB_HBM3.txt")
 
 pytestmark = pytest.mark.usefixtures("no_pyplot_figures")

@@ -1,4 +1,4 @@
-"""moe_lib.teach.exercises.alignment (notebook 04): the checkers keep the contract of exercise_contract.py."""
+"""moe_lib.teach.exercises.alignment (notebook 05): the checkers keep the contract of exercise_contract.py."""
 
 from __future__ import annotations
 
@@ -46,10 +46,10 @@ class TestAlignmentCheckers(ExerciseContract):
 
 
 def test_notebook_04_routing_aligns_as_the_library_does():
-    """The slots of every expert of notebook 04's routing, stacked, are the library's sorted_token_ids."""
+    """The slots of every expert of notebook 05's routing, stacked, are the library's sorted_token_ids."""
     from moe_lib.kernels.align import moe_align_block_size_torch
 
-    ids = alignment.NB04_TOPK_IDS
+    ids = alignment.NB05_TOPK_IDS
     sorted_ids, _, total = moe_align_block_size_torch(ids, 4, 8)
     stacked = torch.cat([expert_slots(ids, e, 4) for e in range(8)])
     assert torch.equal(stacked, sorted_ids[: int(total)].long())

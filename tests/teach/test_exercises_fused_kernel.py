@@ -1,4 +1,4 @@
-"""moe_lib.teach.exercises.fused_kernel (notebook 05): the checkers keep the contract of exercise_contract.py."""
+"""moe_lib.teach.exercises.fused_kernel (notebook 06): the checkers keep the contract of exercise_contract.py."""
 
 from __future__ import annotations
 

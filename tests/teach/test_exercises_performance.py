@@ -1,4 +1,4 @@
-"""moe_lib.teach.exercises.performance (notebook 06): the checker keeps the contract of exercise_contract.py, and
+"""moe_lib.teach.exercises.performance (notebook 07): the checker keeps the contract of exercise_contract.py, and
 its reference is the library's floor."""
 
 from __future__ import annotations

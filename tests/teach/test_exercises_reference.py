@@ -1,4 +1,4 @@
-"""moe_lib.teach.exercises.reference (notebook 03): the checkers keep the contract of exercise_contract.py."""
+"""moe_lib.teach.exercises.reference (notebook 04): the checkers keep the contract of exercise_contract.py."""
 
 from __future__ import annotations
 

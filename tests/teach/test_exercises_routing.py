@@ -1,4 +1,4 @@
-"""moe_lib.teach.exercises.routing (notebook 02): the checkers keep the contract of exercise_contract.py, and a
+"""moe_lib.teach.exercises.routing (notebook 03): the checkers keep the contract of exercise_contract.py, and a
 failure shows the input, the expected and the obtained output."""
 
 from __future__ import annotations

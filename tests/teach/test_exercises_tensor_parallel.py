@@ -1,4 +1,4 @@
-"""moe_lib.teach.exercises.tensor_parallel (notebook 07): the checkers keep the contract of exercise_contract.py."""
+"""moe_lib.teach.exercises.tensor_parallel (notebook 08): the checkers keep the contract of exercise_contract.py."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """moe_lib.teach.viz.perf: each figure function returns a Figure, keeps pyplot's global state untouched, draws what
 the data says (points on the roof where a run sits exactly at its floor, % of floor = floor / µs), draws
 the same picture for the same inputs, and rejects bad input by name. The recorded files of data/bench/
-that notebook 06 reads are drawn too."""
+that notebook 07 reads are drawn too."""
 
 from __future__ import annotations
 

@@ -18,12 +18,12 @@ The cases are seeded: the same function always gets the same verdict and the sam
 One module per notebook, on a shared engine (:mod:`._engine`); every checker is importable from here:
 
     gate              notebook 01   check_gate_logits, check_logit_std
-    routing           notebook 02   check_renormalize, check_topk_ids
-    reference         notebook 03   check_silu_and_mul, check_moe_forward
-    alignment         notebook 04   check_expert_slots, check_padded_total
-    fused_kernel      notebook 05   check_tile_a_rows, check_b_offsets
-    performance       notebook 06   check_decode_floor
-    tensor_parallel   notebook 07   check_shard_w13, check_shard_w2
+    routing           notebook 03   check_renormalize, check_topk_ids
+    reference         notebook 04   check_silu_and_mul, check_moe_forward
+    alignment         notebook 05   check_expert_slots, check_padded_total
+    fused_kernel      notebook 06   check_tile_a_rows, check_b_offsets
+    performance       notebook 07   check_decode_floor
+    tensor_parallel   notebook 08   check_shard_w13, check_shard_w2
 """
 
 from __future__ import annotations

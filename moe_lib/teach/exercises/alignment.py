@@ -1,4 +1,4 @@
-"""Notebook 04 (alignment): one expert's slots in ``sorted_token_ids``, and the padded total.
+"""Notebook 05 (alignment): one expert's slots in ``sorted_token_ids``, and the padded total.
 
 Both references are the library's specification, :func:`moe_lib.kernels.align.moe_align_block_size_torch`.
 """
@@ -11,8 +11,8 @@ from ...kernels.align import moe_align_block_size_torch
 from ...testing import seeded
 from ._engine import Case, CheckResult, Mistake, check, compare_ints, compare_number
 
-#: The routing of notebook 04's first example: 6 tokens, top-2 of 8 experts.
-NB04_TOPK_IDS = torch.tensor([[4, 5], [5, 6], [7, 3], [5, 4], [6, 7], [5, 1]], dtype=torch.int32)
+#: The routing of notebook 05's first example: 6 tokens, top-2 of 8 experts.
+NB05_TOPK_IDS = torch.tensor([[4, 5], [5, 6], [7, 3], [5, 4], [6, 7], [5, 1]], dtype=torch.int32)
 
 
 def routed_ids(gen: torch.Generator, m: int, e: int, k: int, skew: bool = False) -> torch.Tensor:
@@ -52,10 +52,10 @@ def check_expert_slots(expert_slots) -> CheckResult:
     of ``block_m``; an expert with no rows has no slots (an empty tensor)."""
     gen = seeded(404)
     cases = [
-        Case("notebook 04's routing, expert 4, BLOCK_M = 4", (NB04_TOPK_IDS, 4, 4)),
-        Case("notebook 04's routing, expert 5: exactly BLOCK_M rows", (NB04_TOPK_IDS, 5, 4)),
-        Case("notebook 04's routing, expert 0: nobody chose it", (NB04_TOPK_IDS, 0, 4)),
-        Case("BLOCK_M = 1", (NB04_TOPK_IDS, 7, 1)),
+        Case("notebook 05's routing, expert 4, BLOCK_M = 4", (NB05_TOPK_IDS, 4, 4)),
+        Case("notebook 05's routing, expert 5: exactly BLOCK_M rows", (NB05_TOPK_IDS, 5, 4)),
+        Case("notebook 05's routing, expert 0: nobody chose it", (NB05_TOPK_IDS, 0, 4)),
+        Case("BLOCK_M = 1", (NB05_TOPK_IDS, 7, 1)),
         *[Case(f"random, M = {m}, E = {e}, top-{k}, BLOCK_M = {b}, expert {x}",
                (routed_ids(gen, m, e, k, skew=True), x, b))
           for m, e, k, b, x in ((10, 8, 2, 4, 0), (33, 8, 2, 16, 5), (50, 16, 4, 8, 2), (7, 8, 8, 4, 7))],
@@ -95,7 +95,7 @@ def check_padded_total(padded_total) -> CheckResult:
     gen = seeded(405)
     cases = [
         Case("one expert with 3 rows, BLOCK_M = 4", ([3], 4)),
-        Case("notebook 04's routing", ([0, 1, 0, 1, 2, 4, 2, 2], 4)),
+        Case("notebook 05's routing", ([0, 1, 0, 1, 2, 4, 2, 2], 4)),
         Case("exact multiples", ([4, 8, 0, 4], 4)),
         Case("BLOCK_M = 1", ([3, 0, 5], 1)),
         *[Case(f"random, {e} experts, BLOCK_M = {b}", (torch.randint(0, 40, (e,), generator=gen).tolist(), b))

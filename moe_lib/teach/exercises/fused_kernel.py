@@ -1,6 +1,6 @@
-"""Notebook 05 (the fused kernel): which rows of A one row block gathers, and the pointer arithmetic into w13.
+"""Notebook 06 (the fused kernel): which rows of A one row block gathers, and the pointer arithmetic into w13.
 
-The row blocks are laid out by the library's alignment (notebook 04) from notebook 04's routing; the
+The row blocks are laid out by the library's alignment (notebook 05) from notebook 05's routing; the
 references restate what the Triton kernel computes in registers (no torch function of the library does).
 """
 
@@ -11,7 +11,7 @@ import torch
 from ...kernels.align import moe_align_block_size_torch
 from ...testing import seeded
 from ._engine import Case, CheckResult, Mistake, check, compare_int_tuple, compare_ints
-from .alignment import NB04_TOPK_IDS, routed_ids
+from .alignment import NB05_TOPK_IDS, routed_ids
 
 
 def _tile_a_rows_ref(sorted_token_ids, pid_m, block_m, top_k, num_valid):
@@ -43,11 +43,11 @@ def check_tile_a_rows(tile_a_rows) -> CheckResult:
     each of the ``block_m`` rows of row block ``pid_m`` reads in GEMM1 — ``flat_id // top_k`` — with -1 for
     padding slots (flat id >= num_valid) and for slots past the end of sorted_token_ids."""
     gen = seeded(505)
-    nb04 = moe_align_block_size_torch(NB04_TOPK_IDS, 4, 8)[0]  # (36,)
+    nb05 = moe_align_block_size_torch(NB05_TOPK_IDS, 4, 8)[0]  # (36,)
     cases = [
-        Case("notebook 04's layout, block 2", (nb04, 2, 4, 2, 12)),
-        Case("notebook 04's layout, block 0: one real row", (nb04, 0, 4, 2, 12)),
-        Case("notebook 04's layout, block 7: past the padded total", (nb04, 7, 4, 2, 12)),
+        Case("notebook 05's layout, block 2", (nb05, 2, 4, 2, 12)),
+        Case("notebook 05's layout, block 0: one real row", (nb05, 0, 4, 2, 12)),
+        Case("notebook 05's layout, block 7: past the padded total", (nb05, 7, 4, 2, 12)),
         Case("a partly filled last block", (torch.tensor([4, 0, 2, 6, 6], dtype=torch.int32), 1, 4, 3, 6)),
         Case("top_k = 1", _alignment_case(gen, 9, 4, 1, 4, 1)),
         *[Case(f"random, M = {m}, E = {e}, top-{k}, BLOCK_M = {b}, block {p}", _alignment_case(gen, m, e, k, b, p))

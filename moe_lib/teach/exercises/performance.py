@@ -1,4 +1,4 @@
-"""Notebook 06 (performance): the weight-bandwidth floor of one decode token.
+"""Notebook 07 (performance): the weight-bandwidth floor of one decode token.
 
 The reference is the library's floor (:func:`moe_lib.perf.floors.floor_us`, the one the benchmark records),
 asked for one token that reads exactly its top_k experts.

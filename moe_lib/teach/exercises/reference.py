@@ -1,4 +1,4 @@
-"""Notebook 03 (the reference MoE): SiLU-and-mul, and the whole layer as a loop over tokens and slots.
+"""Notebook 04 (the reference MoE): SiLU-and-mul, and the whole layer as a loop over tokens and slots.
 
 The references are the library's own (:mod:`moe_lib.reference`): the exercise is to rebuild them.
 """

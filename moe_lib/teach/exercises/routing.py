@@ -1,4 +1,4 @@
-"""Notebook 02 (routing): renormalizing the chosen probabilities, and the top-k ids with ties to the lower id.
+"""Notebook 03 (routing): renormalizing the chosen probabilities, and the top-k ids with ties to the lower id.
 
 The references restate steps 3 and 4 of :mod:`moe_lib.kernels.routing` on probabilities (the library's
 ``topk_softmax`` starts from logits, so it cannot take these inputs as they are).

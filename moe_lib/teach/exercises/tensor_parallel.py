@@ -1,4 +1,4 @@
-"""Notebook 07 (tensor parallel): each rank's slice of w13 and of w2.
+"""Notebook 08 (tensor parallel): each rank's slice of w13 and of w2.
 
 The references are the library's own shards (:mod:`moe_lib.parallel.shard`): the exercise is to rebuild them.
 """

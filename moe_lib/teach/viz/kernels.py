@@ -1,4 +1,4 @@
-"""Figures for the kernel notebooks (04 alignment, 05 fused kernel).
+"""Figures for the kernel notebooks (05 alignment, 06 fused kernel).
 
     alignment_layout     the expert-sorted, block-padded rows that moe_align_block_size produces
     padding_waste        the fraction of padded rows against the batch size, for several BLOCK_M
@@ -60,7 +60,7 @@ def _scalar_int(name: str, value) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Notebook 04: alignment
+# Notebook 05: alignment
 # ----------------------------------------------------------------------------------------------------
 def alignment_layout(
     sorted_token_ids: torch.Tensor,
@@ -252,7 +252,7 @@ def padding_waste(
 
 
 # ----------------------------------------------------------------------------------------------------
-# Notebook 05: the fused kernel
+# Notebook 06: the fused kernel
 # ----------------------------------------------------------------------------------------------------
 def fused_tile_gather(
     flat_ids: torch.Tensor,

@@ -1,4 +1,4 @@
-"""Figures for notebook 09 (the layer): how checkpoint tensors become each rank's shards, and which experts a
+"""Figures for notebook 10 (the layer): how checkpoint tensors become each rank's shards, and which experts a
 whole model uses along a sequence."""
 
 from __future__ import annotations

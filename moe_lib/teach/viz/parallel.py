@@ -1,4 +1,4 @@
-"""Figures for the parallelism notebooks (07 tensor parallel, 08 expert parallel). Ranks and experts take
+"""Figures for the parallelism notebooks (08 tensor parallel, 09 expert parallel). Ranks and experts take
 their colours from :mod:`.style`, as in every other figure.
 
     tp_shards               one expert's w13 and w2, coloured by the rank that holds each slice
@@ -49,7 +49,7 @@ def _float_list(name: str, values, *, length: int | None = None) -> list[float]:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Notebook 07: tensor parallel
+# Notebook 08: tensor parallel
 # ----------------------------------------------------------------------------------------------------
 def _band(ax: Axes, x: float, y: float, w: float, h: float, color, label: str | None, gid: str) -> None:
     rect = Rectangle((x, y), w, h, facecolor=color, edgecolor="white", linewidth=1.5)
@@ -179,7 +179,7 @@ def parallel_bench(runs: Sequence[Mapping]) -> Figure:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Notebook 08: expert parallel
+# Notebook 09: expert parallel
 # ----------------------------------------------------------------------------------------------------
 def expert_placement(
     phys_to_log: torch.Tensor,

@@ -1,4 +1,4 @@
-"""Figures for notebook 06 (performance).
+"""Figures for notebook 07 (performance).
 
 The inputs are the recorded benchmark results of ``data/bench/`` as loaded from JSON: a *run* is a dict
 with ``gpu``, ``ceilings`` (``copy_TBps``, ``matmul_TFLOPs``), optionally ``shape``, and ``records`` of

@@ -1,4 +1,4 @@
-"""Figures of routing and what it costs (notebooks 00 to 03, and the routing explorer of the widgets): each
+"""Figures of routing and what it costs (notebooks 00, 01, 03 and 04, and the routing explorer of the widgets): each
 takes tensors or a config."""
 
 from __future__ import annotations

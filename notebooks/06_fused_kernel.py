@@ -60,6 +60,7 @@ from moe_lib.gate import MoEGate
 from moe_lib.kernels.align import moe_align_block_size
 from moe_lib.kernels.experts import fused_experts, fused_moe
 from moe_lib.kernels.fused_moe import grouped_tile, invoke_fused_moe_kernel
+from moe_lib.kernels.textbook import textbook_fused_experts, textbook_moe_kernel
 from moe_lib.reference import moe_reference, silu_and_mul
 from moe_lib.kernels.routing import topk_softmax
 from moe_lib.testing import randn, rel_err, seeded, tolerance, verdict
@@ -96,7 +97,7 @@ print("num_tokens_post_padded:", num_tokens_post_padded.item(), "of", sorted_tok
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # GEMM1 produces `act`, of width $N = I$ (the kernel pairs each gate column with its up column, section
-# 6). The grid is sized from the buffer lengths alone — never from the data — so it covers the worst case:
+# 7). The grid is sized from the buffer lengths alone — never from the data — so it covers the worst case:
 
 # %% slideshow={"slide_type": "-"}
 EM = sorted_token_ids.numel()  # rows of the (virtual) sorted A: max_len from notebook 05
@@ -106,7 +107,7 @@ print(f"grid: {num_pid_m} row blocks x {num_pid_n} column blocks = {num_pid_m * 
 print(f"row blocks in use: {live}; the programs of the other {num_pid_m - live} return at their first check")
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
-# Those two checks open the kernel, right after the program has found its tile (section 4 is about that
+# Those two checks open the kernel, right after the program has found its tile (section 5 is about that
 # mapping): a row block at or past `num_tokens_post_padded` has nothing to do, and a block whose expert is
 # −1 — held by another rank, notebook 05 — stores zeros and stops:
 #
@@ -120,7 +121,54 @@ print(f"row blocks in use: {live}; the programs of the other {num_pid_m - live} 
 # ```
 
 # %% [markdown] slideshow={"slide_type": "slide"}
-# ## 2. One tile, by hand
+# ## 2. The kernel on one screen
+#
+# Before the production kernel's details, the whole idea in one short kernel: `textbook_moe_kernel`
+# (`moe_lib.kernels.textbook`). It is what this notebook teaches, with nothing else in it — read it top to
+# bottom once, then each section below zooms into one part of it.
+
+# %% slideshow={"slide_type": "subslide"}
+show_source(textbook_moe_kernel)
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# Walking through it:
+#
+# * **The grid** is (row blocks of the sorted ids) × (column blocks of N): `pid_m` picks `BLOCK_M` sorted
+#   slots, `pid_n` picks `BLOCK_N` output columns.
+# * **The rows** are flat ids `t * top_k + j` read from `sorted_token_ids`; padding slots hold `num_valid`
+#   and are masked out (`row_mask`). They become int64 before any pointer arithmetic: $Mk \cdot$ stride
+#   passes $2^{31}$ at large $M$.
+# * **The expert** of the whole block comes from `expert_ids[pid_m]`; −1 (a block past the last expert's
+#   rows) writes nothing.
+# * **A** is gathered: row `flat_id // TOP_K_DIV` (the token in GEMM1, the (token, slot) row in GEMM2).
+#   **B** is one expert's slice, reached through `stride_be` and read as $(K, N)$.
+# * **The K loop** accumulates in fp32 with masked loads: a ragged K tail reads zeros. In GEMM1 (`GATED`) the
+#   same A tile meets the gate and the up rows, two accumulators.
+# * **The epilogue** runs in fp32 — SiLU(gate)·up, times the routing weight in GEMM2 — and rounds once.
+#
+# The host side is four plain steps (`textbook_fused_experts`): align, GEMM1, GEMM2, and a sum over the
+# $k$ slots in slot order. Checked against the production path with the same tiles — the same reduction
+# order, so the same bits in fp32 — and against the fp64 loop:
+
+# %% slideshow={"slide_type": "-"}
+same_tiles = {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 32, "GROUP_SIZE_M": 1, "num_warps": 4,
+              "num_stages": 1}
+textbook_out = textbook_fused_experts(x, w13, w2, topk_weights, topk_ids, block_m=16, block_n=32, block_k=32)
+production_out = fused_experts(x, w13, w2, topk_weights, topk_ids, config=same_tiles)
+assert torch.equal(textbook_out, production_out)
+print("PASS  textbook kernel == production kernel, bit for bit (fp32, same tiles)")
+print(verdict("textbook kernel vs fp64 loop", textbook_out,
+              moe_reference(x, w13, w2, topk_weights, topk_ids, fp64=True)))
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# The production kernel, `fused_moe_kernel`, computes exactly this. What it adds — each measured and kept
+# only because it won on a GPU — is the subject of notebook 07: tensor-descriptor (TMA) tiles for large
+# batches, a split last wave, programmatic dependent launch, the sum over $k$ inside GEMM2, a swizzled tile
+# order (section 5 here) and a switch for the interpreter's bf16. The sections below run the production
+# kernel; every line they discuss has its counterpart above.
+
+# %% [markdown] slideshow={"slide_type": "slide"}
+# ## 3. One tile, by hand
 #
 # First let the kernel run GEMM1 for the whole grid. `invoke_fused_moe_kernel` launches it:
 # `a_rows_div=K` says that A holds tokens (flat id $tk + j$ reads row $t$), `gated=True` that B's rows
@@ -181,7 +229,7 @@ viz.fused_tile_gather(flat_ids.cpu(), top_k=K, num_tokens=M, hidden=H, inter=I, 
                               col_start=pid_n * BN, block_n=BN)
 
 # %% [markdown] slideshow={"slide_type": "slide"}
-# ## 3. The expert's weights, through the expert stride
+# ## 4. The expert's weights, through the expert stride
 #
 # The kernel receives one pointer for all of `w13` and three strides: how far to step in memory for one
 # expert, one row ($n$), one column ($k$). The B tile of the program is a `BLOCK_K × BLOCK_N` grid of
@@ -217,7 +265,7 @@ out_t = fused_experts(x, w13_t, w2, topk_weights, topk_ids, config=config)
 print(verdict("fused_experts, w13 stored transposed vs contiguous", out_t, out_contig))
 
 # %% [markdown] slideshow={"slide_type": "slide"}
-# ## 4. Which program computes which tile: `GROUP_SIZE_M`
+# ## 5. Which program computes which tile: `GROUP_SIZE_M`
 #
 # The grid is one-dimensional: program `pid` must work out its (row block, column block) itself. The
 # obvious order is row-major — all column blocks of row block 0, then row block 1, … — but a GPU runs a
@@ -291,7 +339,7 @@ invoke_fused_moe_kernel(x, w13, act_g4, *routing, a_rows_div=K, gated=True, mul_
 print("GEMM1 with GROUP_SIZE_M=4 equals GROUP_SIZE_M=1 bit for bit:", torch.equal(act_g4, act))
 
 # %% [markdown] slideshow={"slide_type": "slide"}
-# ## 5. GEMM2: the routing weight in the epilogue
+# ## 6. GEMM2: the routing weight in the epilogue
 #
 # GEMM2 multiplies `act` by the down projection: its A rows are already flat ids (`a_rows_div=1`), its B is
 # `w2[e]` $(H, I)$, not gated. With `mul_routed_weight=True` the epilogue multiplies row $tk + j$ of the
@@ -324,7 +372,7 @@ wrong = torch.bmm(w2[row_expert], silu_and_mul(gate_up_scaled)[:, :, None]).sque
 print(f"weight applied to the input instead: relative difference {rel_err(wrong, partial):.0%}")
 
 # %% [markdown] slideshow={"slide_type": "slide"}
-# ## 6. The whole flow, step by step
+# ## 7. The whole flow, step by step
 #
 # The two launches above are the whole expert computation but for the last step, the **sum over the k
 # slots** of each token. `partial` is in flat-id order, so the $k$ rows of token $t$ are adjacent:
@@ -374,7 +422,7 @@ print(verdict("unfused: silu_and_mul(GEMM1 over 2I columns) vs the gated epilogu
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # Fusing works because output column $n$ of `act` needs exactly two GEMM columns — gate $n$ and up
 # $n + I$ — of the **same rows**. So one program computes both: it loads each A tile once, feeds it to two
-# `tl.dot`s (`b_ptrs` and `b_up_ptrs`, section 3), and combines the two fp32 accumulators in registers.
+# `tl.dot`s (`b_ptrs` and `b_up_ptrs`, section 4), and combines the two fp32 accumulators in registers.
 # The $(Mk, 2I)$ intermediate never goes to memory, and one kernel launch disappears. For Mixtral in bf16:
 
 # %% slideshow={"slide_type": "-"}
@@ -391,7 +439,7 @@ for m in (64, 4096):
 # kernel: two accumulators per program, so more registers.
 
 # %% [markdown] slideshow={"slide_type": "slide"}
-# ## 7. `fused_experts` and `fused_moe`, verified
+# ## 8. `fused_experts` and `fused_moe`, verified
 #
 # `fused_experts` is exactly sections 1–6: align, GEMM1, GEMM2, sum — the steps of one **plan**
 # (`moe_lib.kernels.experts.make_plan`, taken apart in notebook 07) with a configuration from the tables
@@ -452,13 +500,13 @@ print(verdict("fused_moe vs HF MixtralSparseMoeBlock", ours, hf_out))
 print(verdict("HF MixtralSparseMoeBlock vs fp64 oracle", hf_out, oracle))
 
 # %% [markdown] slideshow={"slide_type": "slide"}
-# ## 8. On a GPU
+# ## 9. On a GPU
 #
 # Here the kernels ran in the Triton interpreter, which executes each program with numpy — right answers,
 # no speed. On a GPU the same source is compiled. If this machine has one, the next cell checks the kernel
 # live on a Mixtral-sized layer (TP = 8: $H = 4096$, $I = 14336/8 = 1792$, bf16) and times it; otherwise it
 # says so, and the cells after it show results recorded on GPUs. (The unit tests run there as well, on
-# Mixtral's shapes in bf16 and with up to $M = 100\,000$ tokens, where the int64 offsets of section 2
+# Mixtral's shapes in bf16 and with up to $M = 100\,000$ tokens, where the int64 offsets of section 3
 # matter; `data/README.md` records their results.)
 
 # %% slideshow={"slide_type": "-"}
@@ -558,7 +606,7 @@ from moe_lib.teach.exercises import check_b_offsets, check_tile_a_rows
 # ### Exercise 1 — the A rows of a tile
 #
 # Write `tile_a_rows(sorted_token_ids, pid_m, block_m, top_k, num_valid)`: the row of A — of the tokens
-# `x` — that each of the `block_m` rows of row block `pid_m` reads in GEMM1 (section 2), as an integer
+# `x` — that each of the `block_m` rows of row block `pid_m` reads in GEMM1 (section 3), as an integer
 # tensor of length `block_m`. A padding slot (a flat id $\ge$ `num_valid`) and a slot past the end of
 # `sorted_token_ids` read nothing: mark them $-1$, as the kernel's mask does.
 
@@ -576,7 +624,7 @@ check_tile_a_rows(tile_a_rows)
 #
 # Write `b_offsets(expert, n, k, strides, inter)`: where the kernel finds, counted in elements from the
 # start of `w13`'s storage, the gate weight `w13[expert, n, k]` and its up partner `w13[expert, I + n, k]`
-# (section 3). `strides` is `(stride_be, stride_bn, stride_bk)`, and `inter` is $I$. Return the two offsets
+# (section 4). `strides` is `(stride_be, stride_bn, stride_bk)`, and `inter` is $I$. Return the two offsets
 # as a tuple of ints. The check includes a `w13` stored transposed.
 
 # %% slideshow={"slide_type": "-"}

@@ -36,6 +36,7 @@
 # %matplotlib inline
 import moe_lib  # first: without a GPU it switches Triton to its interpreter, before anything imports Triton
 
+import dataclasses
 import json
 import math
 import statistics
@@ -43,14 +44,19 @@ from pathlib import Path
 
 import torch
 
+from moe_lib import runtime
 from moe_lib.kernels.configs import default_config, load_config_table
 from moe_lib.kernels.experts import make_plan
+from moe_lib.kernels.fused_moe import _moe_tile as fused_moe_kernel_tile
+from moe_lib.kernels.fused_moe import fused_moe_kernel
+from moe_lib.kernels.routing import topk_softmax
+from moe_lib.kernels.textbook import textbook_fused_experts
 from moe_lib.perf.bench import M_VALUES, TP_VALUES
 from moe_lib.perf.floors import MIXTRAL, expected_experts_touched, floor_us
 from moe_lib.perf.power import read_power_log
-from moe_lib.runtime import Target
-from moe_lib.teach import viz
-from moe_lib.testing import verdict
+from moe_lib.runtime import Target, pdl_start
+from moe_lib.teach import show_lines, viz
+from moe_lib.testing import randn, seeded, verdict
 
 BENCH = Path(moe_lib.__file__).resolve().parent.parent / "data" / "bench"
 HISTORY = BENCH / "history"
@@ -295,6 +301,81 @@ print(f"noise, same code on two machines ({len(noise)} points): median {statisti
 # * **The split tail** acts on GEMM1 and GEMM2 at large $M$ when the last wave is sparse; read its gain in the
 #   GEMM1 column against the noise line.
 # * **PDL** acts on one-token calls only: the TP = 8, $M = 1$ layer row, less what the k-sum saved there.
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Each change as a delta from the textbook kernel
+#
+# Notebook 06 showed the whole idea as `textbook_moe_kernel`. The production kernel is that kernel plus one
+# switch per change above. For each: the lines the switch adds (numbered as in the production source), then
+# the same small problem run in the interpreter with the change and without it — the bits must not move.
+
+# %% slideshow={"slide_type": "-"}
+small = dict(num_experts=4, hidden=64, inter=96, top_k=2, num_tokens=300)
+x_s = randn(small["num_tokens"], small["hidden"], generator=seeded(7))  # (M, H)
+w13_s = randn(4, 2 * small["inter"], small["hidden"], generator=seeded(8), scale=small["hidden"] ** -0.5)
+w2_s = randn(4, small["hidden"], small["inter"], generator=seeded(9), scale=small["inter"] ** -0.5)
+weights_s, ids_s = topk_softmax(randn(small["num_tokens"], 4, generator=seeded(10)), small["top_k"])
+tiles = {"BLOCK_SIZE_M": 64, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 32, "GROUP_SIZE_M": 1, "num_warps": 4,
+         "num_stages": 1}
+
+
+def run_small(config=tiles, target=runtime.INTERPRETER, m=small["num_tokens"], **options):
+    """The plan of the small problem with a change on or off, run: (plan, output)."""
+    p = make_plan(m, small["hidden"], small["inter"], small["top_k"], 4, dtype=torch.float32, target=target,
+                  config=config, **options)
+    return p, p.bind(x_s[:m], w13_s, w2_s, weights_s[:m], ids_s[:m]).run()
+
+
+textbook_s = textbook_fused_experts(x_s, w13_s, w2_s, weights_s, ids_s, block_m=64, block_n=32, block_k=32)
+_, plain = run_small(fuse_k_sum=False)  # no production switch on: what the textbook kernel does
+print("PASS" if torch.equal(plain, textbook_s) else "FAIL", " production kernel, every switch off == textbook kernel")
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# **The sum over k inside GEMM2** (`C_ROWS_DIV = top_k`): the epilogue adds each slot's row into its token's
+# cleared row instead of storing it for a separate pass. Bought with the split tail and PDL: the table above.
+
+# %% slideshow={"slide_type": "-"}
+plan_on, on = run_small()
+print(f"k-sum: {plan_on.k_sum}; steps {' -> '.join(plan_on.steps)}  (off: a separate sum_k pass)")
+print("PASS" if torch.equal(on, plain) else "FAIL", " the same bits with the sum in GEMM2")
+show_lines(fused_moe_kernel_tile, "C_ROWS_DIV")
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# **The TMA layout** (`TMA`, `C_SORTED`): tokens copied into sorted order once, so that every A tile is a box
+# the copy engine fetches, and B through a descriptor too. Bought 1.14x at $M \ge 512$ on the H200.
+
+# %% slideshow={"slide_type": "-"}
+plan_on, on = run_small({**tiles, "TMA": True})
+print(f"TMA: {plan_on.tma}; steps {' -> '.join(plan_on.steps)}")
+print("PASS" if torch.equal(on, plain) else "FAIL", " the same bits through tensor descriptors")
+show_lines(fused_moe_kernel_tile, "TMA", "desc")
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# **The split last wave** (`SPLIT_TAIL`): when the last wave of tiles fills at most half the multiprocessors,
+# its tiles run as twice as many half-width tiles. The interpreter has no waves; a target that pretends to
+# run 7 programs at once makes the plan split:
+
+# %% slideshow={"slide_type": "-"}
+seven = dataclasses.replace(runtime.INTERPRETER, num_sms=7)
+plan_on, on = run_small(target=seven)
+_, off = run_small(target=seven, split_tail=False)
+print(f"split tail: GEMM1 {plan_on.gemm1.split_tail}, GEMM2 {plan_on.gemm2.split_tail}")
+print("PASS" if torch.equal(on, off) else "FAIL", " the same bits with the last wave split")
+show_lines(fused_moe_kernel, "SPLIT_TAIL", "num_whole", "half")
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# **The decode layout** (one token): its $k$ experts are distinct, so slot $j$ takes block $j$ — no alignment
+# kernel. **PDL** (`USE_PDL`, one token on Hopper): each kernel launches while its predecessor finishes and
+# waits for its writes; the interpreter ignores it, and the GPU tests hold the bits (`tests/kernels`).
+
+# %% slideshow={"slide_type": "-"}
+plan_one, one = run_small(m=1)
+textbook_one = textbook_fused_experts(x_s[:1], w13_s, w2_s, weights_s[:1], ids_s[:1], block_m=64, block_n=32,
+                                      block_k=32)
+print(f"M = 1: layout {plan_one.layout}, steps {' -> '.join(plan_one.steps)}; on an H200 PDL = "
+      f"{make_plan(1, H, I // 8, K, E, dtype=torch.bfloat16, target=h200).pdl}")
+print("PASS" if torch.equal(one, textbook_one) else "FAIL", " the decode layout gives the textbook's bits")
+show_lines(pdl_start, "USE_PDL", "gdc")
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## 5. The H200 against vLLM 0.33 and against the floor

@@ -66,4 +66,24 @@ def show_source(obj, *, docstring: bool = True) -> Code:
     return Code(source_text(obj, docstring=docstring), language="python")
 
 
-__all__ = ["show_source", "source_text"]
+def show_lines(obj, *needles: str) -> Code:
+    """Only the lines of ``obj``'s source that contain one of ``needles`` (with their line numbers in the
+    function, ``...`` for the lines skipped): the part of a long kernel that one switch changes."""
+    from IPython.display import Code
+
+    if not needles or not all(isinstance(n, str) and n for n in needles):
+        raise ValueError(f"needles must be one or more non-empty strings, got {needles!r}")
+    lines = source_text(obj).splitlines()
+    keep = [i for i, line in enumerate(lines) if any(n in line for n in needles)]
+    if not keep:
+        raise ValueError(f"no line of {getattr(_unwrap(obj), '__qualname__', obj)!r} contains {needles}")
+    out, last = [], -1
+    for i in keep:
+        if i > last + 1:
+            out.append("    ...")
+        out.append(f"{i + 1:4d}  {lines[i]}")
+        last = i
+    return Code("\n".join(out), language="python")
+
+
+__all__ = ["show_source", "show_lines", "source_text"]

@@ -65,3 +65,17 @@ def test_methods_are_dedented_and_the_docstring_can_be_left_out():
 def test_bad_input_is_named(bad, exc, match):
     with pytest.raises(exc, match=match):
         show_source(bad)
+
+
+def test_show_lines_keeps_only_the_lines_of_one_switch():
+    from moe_lib.kernels.fused_moe import _moe_tile
+    from moe_lib.teach.source import show_lines
+
+    text = show_lines(_moe_tile, "TMA").data
+    lines = text.splitlines()
+    assert all(("TMA" in line) or line == "    ..." for line in lines) and any("TMA" in line for line in lines)
+    assert any(line.split()[0].isdigit() for line in lines)  # numbered as in the function
+    with pytest.raises(ValueError, match="no line"):
+        show_lines(_moe_tile, "no such switch")
+    with pytest.raises(ValueError, match="needles"):
+        show_lines(_moe_tile)

@@ -9,8 +9,8 @@ import importlib
 
 from . import runtime  # noqa: I001  (must come first)
 from .config import MIXTRAL_8X7B, TINY, MoEConfig
-from .reference import moe_reference, silu_and_mul
 from .kernels.routing import topk_softmax, topk_softmax_triton
+from .reference import moe_reference, silu_and_mul
 from .testing import assert_close, rel_err, verdict
 
 _LAZY = {"MoEGate": "gate", "MixtralMoE": "layer"}

@@ -1,5 +1,15 @@
 """Argument checks shared by every public function: a bad input raises a ValueError/TypeError that
-names the argument, before any kernel sees it."""
+names the argument, before any kernel sees it.
+
+What is checked when (the ids' *values* are the only check that reads tensor data):
+
+- types, ranks, shapes, dtypes and devices: always, on the host, from metadata (no device sync);
+- meta tensors (shape only, no data) are refused by every function that computes (:func:`check_has_data`);
+- the values of ``topk_ids`` (in [0, E)) and ``expert_map`` (in [-1, local experts)): on the host with one
+  device sync, unless the caller passed ``check_ids=False`` — or a CUDA graph is being captured on the
+  current stream, where a sync is impossible (:func:`ids_checkable`). Unchecked values are never trusted:
+  the kernels drop an out-of-range id (its slot adds nothing) and treat an out-of-range map value as -1.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +23,20 @@ INT_DTYPES = (torch.int32, torch.int64)
 
 def _dtype_names(dtypes: Sequence[torch.dtype]) -> str:
     return ", ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def check_has_data(name: str, t: torch.Tensor) -> torch.Tensor:
+    """A tensor with memory behind it: a meta tensor (shape only) cannot be computed on or checked."""
+    if t.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor (a shape without data); pass a tensor on a real device")
+    return t
+
+
+def check_bool(name: str, value) -> bool:
+    """A real bool (not 0/1, not None)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
 
 
 def check_tensor(
@@ -60,12 +84,40 @@ def value_range(t: torch.Tensor) -> tuple[int, int]:
     return tuple(int(v) for v in torch.stack([lo, hi]).tolist())
 
 
+def ids_checkable(device: torch.device) -> bool:
+    """Whether the ids' values can be read on the host now: not while a CUDA graph is captured on the current
+    stream (a copy to the host is illegal there; the kernels' own masking then stands in for the check)."""
+    return not (device.type == "cuda" and torch.cuda.is_current_stream_capturing())
+
+
+def check_id_values(
+    topk_ids: torch.Tensor, num_experts: int, expert_map: torch.Tensor | None = None, num_local: int | None = None,
+    *, check_ids: bool = True,
+) -> bool:
+    """The values: ids in [0, num_experts), expert_map values in [-1, num_local) (default num_experts). Checked
+    on the host (one device sync each) when ``check_ids`` and :func:`ids_checkable`; returns whether they were."""
+    if not (check_ids and ids_checkable(topk_ids.device)):
+        return False
+    if expert_map is not None and expert_map.numel():
+        num_local = num_experts if num_local is None else num_local
+        lo, hi = value_range(expert_map)
+        if lo < -1 or hi >= num_local:
+            raise ValueError(
+                f"expert_map must map to -1 or a local expert id in [0, {num_local}), got values in [{lo}, {hi}]"
+            )
+    if topk_ids.numel():
+        lo, hi = value_range(topk_ids)
+        if lo < 0 or hi >= num_experts:
+            raise ValueError(f"topk_ids must lie in [0, {num_experts}) (num_experts), got values in [{lo}, {hi}]")
+    return True
+
+
 def check_routing(
     topk_weights: torch.Tensor, topk_ids: torch.Tensor, num_tokens: int, num_experts: int, device: torch.device,
     *, check_ids: bool = True,
 ) -> int:
     """The (M, top_k) pair that routing produces; returns top_k. Ids must lie in [0, num_experts) (checked on
-    the host unless ``check_ids`` is False)."""
+    the host unless ``check_ids`` is False, see :func:`check_id_values`); the shapes are always checked."""
     check_tensor("topk_weights", topk_weights, ndim=2, dtypes=(torch.float32,) + FLOAT_DTYPES[1:], device=device)
     check_tensor("topk_ids", topk_ids, ndim=2, dtypes=INT_DTYPES, device=device)
     if topk_weights.shape != topk_ids.shape:
@@ -73,10 +125,7 @@ def check_routing(
             f"topk_weights {tuple(topk_weights.shape)} and topk_ids {tuple(topk_ids.shape)} must have the same shape"
         )
     check_dim("topk_ids", topk_ids, 0, num_tokens, "the number of tokens in hidden_states")
-    if check_ids and topk_ids.numel():
-        lo, hi = value_range(topk_ids)
-        if lo < 0 or hi >= num_experts:
-            raise ValueError(f"topk_ids must lie in [0, {num_experts}) (num_experts), got values in [{lo}, {hi}]")
+    check_id_values(topk_ids, num_experts, check_ids=check_ids)
     return topk_ids.shape[1]
 
 
@@ -92,10 +141,11 @@ def check_moe_args(
     check_ids: bool = True,
 ) -> tuple[int, int, int, int, int]:
     """Validate an expert computation's inputs; returns (M, H, I, E_local, top_k). ``check_ids=False`` skips
-    only the value ranges of topk_ids and expert_map (the one check that syncs with the device)."""
-    if not isinstance(check_ids, bool):
-        raise TypeError(f"check_ids must be a bool, got {type(check_ids).__name__}")
+    only the value ranges of topk_ids and expert_map (the one check that syncs with the device); so does a
+    CUDA graph capture (:func:`ids_checkable`)."""
+    check_bool("check_ids", check_ids)
     check_tensor("hidden_states", hidden_states, ndim=2, dtypes=dtypes)
+    check_has_data("hidden_states", hidden_states)  # the others must share its device
     device = hidden_states.device
     check_tensor("w13", w13, ndim=3, dtypes=dtypes, device=device)
     check_tensor("w2", w2, ndim=3, dtypes=dtypes, device=device)
@@ -112,19 +162,43 @@ def check_moe_args(
     if expert_map is not None:
         check_tensor("expert_map", expert_map, ndim=1, dtypes=INT_DTYPES, device=device)
         num_global = expert_map.shape[0]
-        if check_ids and expert_map.numel():
-            lo, hi = value_range(expert_map)
-            if lo < -1 or hi >= num_local:
-                raise ValueError(
-                    f"expert_map must map to -1 or a local expert id in [0, {num_local}), got values in [{lo}, {hi}]"
-                )
-    top_k = check_routing(topk_weights, topk_ids, num_tokens, num_global, device, check_ids=check_ids)
+    top_k = check_routing(topk_weights, topk_ids, num_tokens, num_global, device, check_ids=False)
+    check_id_values(topk_ids, num_global, expert_map, num_local, check_ids=check_ids)
     return num_tokens, hidden, inter, num_local, top_k
 
 
+def check_experts_args(hidden_states, w13, w2, topk_weights, topk_ids, expert_map, check_ids: bool) -> None:
+    """Every check of a fused-experts call that reads no tensor values: :func:`check_moe_args` without the id
+    values, one dtype for tokens and weights, a device the kernels run on (also the custom op's fake)."""
+    check_moe_args(hidden_states, w13, w2, topk_weights, topk_ids, expert_map, check_ids=False)
+    check_bool("check_ids", check_ids)
+    if not (hidden_states.dtype == w13.dtype == w2.dtype):
+        raise TypeError(
+            f"hidden_states ({hidden_states.dtype}), w13 ({w13.dtype}) and w2 ({w2.dtype}) must share a dtype"
+        )
+    check_kernel_device("hidden_states", hidden_states)
+
+
+def check_router_logits(router_logits, hidden_states, w13, expert_map=None) -> None:
+    """(M, E) logits for an MoE layer: one row per token of hidden_states, one column per expert (E: w13's
+    experts, or the global experts of expert_map), on hidden_states' device."""
+    check_tensor("hidden_states", hidden_states, ndim=2)
+    check_tensor("w13", w13, ndim=3)
+    check_tensor("router_logits", router_logits, ndim=2, dtypes=FLOAT_DTYPES + (torch.float64,),
+                 device=hidden_states.device)
+    if expert_map is not None:
+        check_tensor("expert_map", expert_map, ndim=1, dtypes=INT_DTYPES)
+    num_experts, what = (w13.shape[0], "the number of experts in w13") if expert_map is None else (
+        expert_map.shape[0], "the number of global experts (expert_map's length)")
+    check_dim("router_logits", router_logits, 0, hidden_states.shape[0], "the number of tokens in hidden_states")
+    check_dim("router_logits", router_logits, 1, num_experts, what)
+
+
 def check_kernel_device(name: str, t: torch.Tensor) -> None:
-    """Compiled Triton kernels need CUDA tensors; the interpreter (no GPU) takes CPU tensors."""
+    """Compiled Triton kernels need CUDA tensors; the interpreter (no GPU) takes CPU tensors; nothing takes a
+    meta tensor."""
     from . import runtime
 
+    check_has_data(name, t)
     if not runtime.INTERPRET and t.device.type != "cuda":
         raise ValueError(f"{name} is on {t.device}; Triton kernels on this GPU machine need CUDA tensors")

@@ -10,7 +10,7 @@ Hugging Face's names for a layer's MoE tensors are parsed here and nowhere else 
 both this reader and :meth:`moe_lib.layer.MixtralMoE.load_weights` use it. Parsing needs nothing but the
 standard library; safetensors is imported only when a file is read, so ``import moe_lib`` works without it.
 
-The command line makes the tiny model that notebook 09 and the tests use::
+The command line makes the tiny model that notebook 10 and the tests use::
 
     python -m moe_lib.checkpoint make-tiny data/tiny_mixtral
     python -m moe_lib.checkpoint inspect data/tiny_mixtral --layer 0
@@ -105,6 +105,23 @@ def complete_moe_names(scope: str, num_experts: int) -> list[MoEName]:
             MoEName(scope, proj, e) for e in range(num_experts) for proj in ("w1", "w2", "w3")
         ]
     return [MoEName(scope, kind) for kind in ("gate", "gate_up", "down")]
+
+
+def moe_shapes(num_experts: int, hidden: int, inter: int) -> dict[str, tuple[int, ...]]:
+    """The shape of each kind of MoE tensor (whole, unsharded), by :attr:`MoEName.kind`."""
+    E, H, I = num_experts, hidden, inter
+    return {"gate": (E, H), "w1": (I, H), "w3": (I, H), "w2": (H, I), "gate_up": (E, 2 * I, H), "down": (E, H, I)}
+
+
+#: How many names an error message lists per kind of problem before it says "... and N more".
+MAX_LISTED = 12
+
+
+def listing(label: str, items: list[str]) -> str:
+    """One line of an error message: ``  label (n): a, b, ... and k more``."""
+    shown = ", ".join(items[:MAX_LISTED])
+    more = f", ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+    return f"  {label} ({len(items)}): {shown}{more}"
 
 
 def layer_index(name: str) -> int | None:
@@ -362,27 +379,107 @@ def tiny_mixtral_model(seed: int = 0):
         return MixtralForCausalLM(config).eval()
 
 
-def load_hf_model(checkpoint_dir: str | Path = TINY_MIXTRAL):
+def load_hf_model(checkpoint_dir: str | Path = TINY_MIXTRAL, *, strict: bool = True,
+                  experts_implementation: str = "eager"):
     """transformers' own ``MixtralForCausalLM.from_pretrained`` of a checkpoint directory: the unmodified model.
 
-    safetensors only (never pickle), eager experts (the plain loop, as the golden run used), eval mode, and
-    without the progress bar that loading otherwise draws on stderr.
+    safetensors only (never pickle), eager experts by default (the plain loop, as the golden run used; or any
+    name registered with transformers, such as ``"moe_lib"``, see :mod:`moe_lib.model`), eval mode, and without
+    the progress bar that loading otherwise draws on stderr.
+
+    ``strict`` (the default): the checkpoint must hold exactly the model's tensors — none missing (transformers
+    would fill it with random numbers), none unknown, each of the model's shape and of the config's floating
+    dtype (transformers would cast an int tensor silently) — checked from the file headers before anything is
+    read: one :class:`CheckpointError` names every offending tensor. ``strict=False`` is the opt-out for a
+    partial load: transformers' own rules then apply (missing tensors are initialized at random).
     """
     import transformers
-    from transformers import MixtralForCausalLM
+    from transformers import MixtralConfig, MixtralForCausalLM
 
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
     checkpoint_dir = Path(checkpoint_dir)
-    open_checkpoint(checkpoint_dir)  # our clear errors first: missing, pickle-only, truncated
+    ckpt = open_checkpoint(checkpoint_dir)  # our clear errors first: missing, pickle-only, truncated
+    if strict:
+        config = MixtralConfig.from_pretrained(checkpoint_dir, local_files_only=True)
+        with torch.device("meta"):
+            expected = model_tensors(MixtralForCausalLM(config))
+        check_complete(ckpt, expected, config.num_local_experts, config.hidden_size, config.intermediate_size,
+                       moe_config(read_config(ckpt)).dtype)
     bars_were_on = transformers.utils.logging.is_progress_bar_enabled()
     transformers.utils.logging.disable_progress_bar()
     try:
-        model = MixtralForCausalLM.from_pretrained(
-            checkpoint_dir, use_safetensors=True, experts_implementation="eager", local_files_only=True
+        model, info = MixtralForCausalLM.from_pretrained(
+            checkpoint_dir, use_safetensors=True, experts_implementation=experts_implementation,
+            local_files_only=True, output_loading_info=True,
         )
     finally:
         if bars_were_on:
             transformers.utils.logging.enable_progress_bar()
+    left = {key: sorted(map(str, v)) for key, v in info.items() if v and key != "error_msgs"}
+    if strict and (left or info.get("error_msgs")):  # what the header check cannot foresee
+        raise CheckpointError(f"{checkpoint_dir}: transformers did not load every tensor as it is: {left} "
+                              f"{info.get('error_msgs') or ''}".rstrip())
     return model.eval()
+
+
+def model_tensors(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """Every tensor a checkpoint of ``model`` holds (its state dict, a tied weight once): name -> shape."""
+    seen: set[int] = set()
+    out = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) not in seen:
+            seen.add(id(t))
+            out[name] = tuple(t.shape)
+    return out
+
+
+#: safetensors' names of the floating dtypes.
+_SAFETENSORS_FLOATS = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+
+
+def check_complete(ckpt: Checkpoint, expected: Mapping[str, tuple[int, ...]], num_experts: int, hidden: int,
+                   inter: int, dtype: torch.dtype) -> None:
+    """A checkpoint holds exactly ``expected`` (name -> shape) in ``dtype``, from its headers alone. The MoE
+    tensors may come in either naming scheme (legacy per expert, or transformers 5.x fused) whatever the names
+    in ``expected``; one CheckpointError lists every missing, unknown, misshapen or mistyped tensor."""
+    moe_shape = moe_shapes(num_experts, hidden, inter)
+    layers = sorted({layer for name in expected if (layer := moe_layer_of(name)) is not None})
+    problems: dict[str, list[str]] = {"missing": [], "unknown names": [], "wrong shape": [], "wrong dtype": []}
+    scopes: dict[int, set[str]] = {}
+    found: set[MoEName] = set()
+    for name, shape in ckpt.shapes.items():
+        layer = moe_layer_of(name)
+        if layer is None:  # outside the MoE blocks: the model's own names
+            want = expected.get(name)
+        else:
+            slot = parse_moe_name(name)
+            valid = slot is not None and layer in layers and (slot.expert is None or slot.expert < num_experts)
+            want = moe_shape[slot.kind] if valid else None
+            if valid:
+                scopes.setdefault(layer, set()).add(slot.scope)
+                found.add(slot)
+        if want is None:
+            problems["unknown names"].append(name)
+            continue
+        if tuple(shape) != tuple(want):
+            problems["wrong shape"].append(f"{name} {tuple(shape)} (expected {tuple(want)})")
+        stored = ckpt.dtypes[name]
+        if _SAFETENSORS_FLOATS.get(stored) != dtype:
+            problems["wrong dtype"].append(f"{name} {stored} (the config says {str(dtype).replace('torch.', '')})")
+    problems["missing"] = [name for name in expected if moe_layer_of(name) is None and name not in ckpt.shapes]
+    for layer in layers:
+        held = sorted(scopes.get(layer, ()))
+        if len(held) > 1:
+            problems["unknown names"].append(f"layer {layer}'s MoE tensors under two names/schemes: {held}")
+        # none at all: name them in the model's own scheme
+        scope = held[0] if held else next(slot.scope for n in expected if moe_layer_of(n) == layer
+                                          and (slot := parse_moe_name(n)) is not None)
+        problems["missing"] += [s.name for s in complete_moe_names(scope, num_experts) if s not in found]
+    lines = [listing(label, items) for label, items in problems.items() if items]
+    if lines:
+        raise CheckpointError(f"{ckpt.path}: not a complete checkpoint of this model (strict=False loads it "
+                              "anyway, with transformers' rules):\n" + "\n".join(lines))
 
 
 def golden_inputs(vocab_size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -499,6 +596,10 @@ __all__ = [
     "make_tiny",
     "tiny_mixtral_model",
     "load_hf_model",
+    "check_complete",
+    "model_tensors",
+    "moe_shapes",
+    "listing",
     "golden_inputs",
     "golden_run",
     "read_golden",

@@ -24,26 +24,16 @@ tensor-parallel processes is :mod:`moe_lib.parallel.golden`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
 
-from ._validate import FLOAT_DTYPES, check_int, check_tensor
-from .checkpoint import MoEName, complete_moe_names, parse_moe_name
+from ._validate import FLOAT_DTYPES, check_has_data, check_int, check_tensor
+from .checkpoint import MoEName, complete_moe_names, listing, moe_shapes, parse_moe_name
 from .gate import INITIALIZER_RANGE, MoEGate
-from .kernels.experts import fused_experts
-from .kernels.routing import topk_softmax_triton
+from .kernels.experts import fused_experts, route
 from .parallel.shard import shard_w2, shard_w13
-
-#: How many names an error message lists per kind of problem before it says "... and N more".
-_MAX_LISTED = 12
-
-
-def _listing(label: str, items: Sequence[str]) -> str:
-    shown = ", ".join(items[:_MAX_LISTED])
-    more = f", ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
-    return f"  {label} ({len(items)}): {shown}{more}"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -158,11 +148,16 @@ class MixtralMoE(nn.Module):
     def route(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(M, H) tokens -> (topk_weights fp32 (M, k), topk_ids int32 (M, k)): the gate, then fp32 top-k."""
         router_logits = self.gate(hidden_states)  # (M, E)
-        return topk_softmax_triton(router_logits, self.top_k, self.renormalize)
+        return route(router_logits, self.top_k, self.renormalize)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """(..., H) -> (..., H): every token through its top_k experts (summed over ranks if reducing)."""
+        """(..., H) -> (..., H): every token through its top_k experts (summed over ranks if reducing).
+
+        Captures in a CUDA graph (no host sync: the ids come from the layer's own routing, in [0, E) by
+        construction) and compiles with ``torch.compile(layer, fullgraph=True)`` (routing and experts run as
+        the custom ops ``torch.ops.moe_lib.*``), with the bits of the eager call."""
         check_tensor("hidden_states", hidden_states, dtypes=FLOAT_DTYPES, device=self.w13.device)
+        check_has_data("hidden_states", hidden_states)
         if hidden_states.dim() == 0 or hidden_states.shape[-1] != self.hidden_size:
             raise ValueError(
                 f"hidden_states must have last dim hidden_size={self.hidden_size}, got shape "
@@ -222,8 +217,7 @@ class MixtralMoE(nn.Module):
         E, H, I, i_local = self.num_experts, self.hidden_size, self.intermediate_size, self.intermediate_size_per_rank
         tp, rank = self.tp_size, self.tp_rank
         device, dtype = self.w13.device, self.params_dtype
-        expected_shapes = {"gate": (E, H), "w1": (I, H), "w3": (I, H), "w2": (H, I), "gate_up": (E, 2 * I, H),
-                           "down": (E, H, I)}
+        expected_shapes = moe_shapes(E, H, I)
 
         gate = torch.empty(E, H, device=device, dtype=dtype)  # (E, H)
         w13 = torch.empty(E, 2 * i_local, H, device=device, dtype=dtype)  # (E, 2I/tp, H)
@@ -283,17 +277,17 @@ class MixtralMoE(nn.Module):
 
         problems = []
         if len(scopes) > 1:
-            problems.append(_listing("names from more than one layer or naming scheme (prefixes)", scopes))
+            problems.append(listing("names from more than one layer or naming scheme (prefixes)", scopes))
         if unknown:
-            problems.append(_listing("unknown names", unknown))
+            problems.append(listing("unknown names", unknown))
         if duplicate:
-            problems.append(_listing("given twice", duplicate))
+            problems.append(listing("given twice", duplicate))
         if bad:
-            problems.append(_listing("wrong shape or dtype", bad))
+            problems.append(listing("wrong shape or dtype", bad))
         if len(scopes) == 1:
             missing = [s.name for s in complete_moe_names(scopes[0], E) if s not in seen]
             if missing:
-                problems.append(_listing("missing", missing))
+                problems.append(listing("missing", missing))
         elif not scopes and not problems:
             problems.append("  no weights were given")
         if problems:

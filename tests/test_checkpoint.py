@@ -419,6 +419,72 @@ def test_load_hf_model_refuses_what_we_refuse(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------
+# load_hf_model is strict: every tensor of the model, nothing else, each of its shape and dtype
+# ----------------------------------------------------------------------------------------------------
+P0 = "model.layers.0."
+
+
+def changed_checkpoint(tmp_path: Path, tiny_tensors, change) -> Path:
+    tensors = dict(tiny_tensors)
+    change(tensors)
+    shutil.copy(TINY / "config.json", tmp_path / "config.json")
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("change,line", [
+    (lambda t: t.pop(P0 + "self_attn.q_proj.weight"), f"missing (1): {P0}self_attn.q_proj.weight"),
+    (lambda t: t.pop(P0 + "block_sparse_moe.experts.3.w1.weight"),
+     f"missing (1): {P0}block_sparse_moe.experts.3.w1.weight"),
+    (lambda t: [t.pop(n) for n in list(t) if n.startswith("model.layers.1.block_sparse_moe.")],
+     "missing (3): model.layers.1.mlp.gate.weight, model.layers.1.mlp.experts.gate_up_proj, "
+     "model.layers.1.mlp.experts.down_proj"),
+    (lambda t: t.update({P0 + "extra.weight": torch.zeros(3)}), f"unknown names (1): {P0}extra.weight"),
+    (lambda t: t.update({P0 + "block_sparse_moe.experts.8.w1.weight": torch.zeros(I, H)}),
+     f"unknown names (1): {P0}block_sparse_moe.experts.8.w1.weight"),
+    (lambda t: t.update({P0 + "self_attn.q_proj.weight": torch.zeros(H, 32)}),
+     f"wrong shape (1): {P0}self_attn.q_proj.weight (64, 32) (expected (64, 64))"),
+    (lambda t: t.update({P0 + "block_sparse_moe.experts.3.w2.weight": torch.zeros(H, I + 1)}),
+     f"wrong shape (1): {P0}block_sparse_moe.experts.3.w2.weight (64, 129) (expected (64, 128))"),
+    (lambda t: t.update({P0 + "self_attn.q_proj.weight": torch.zeros(H, H, dtype=torch.int32)}),
+     f"wrong dtype (1): {P0}self_attn.q_proj.weight I32 (the config says float32)"),
+    (lambda t: t.update({"model.norm.weight": t["model.norm.weight"].half()}),
+     "wrong dtype (1): model.norm.weight F16 (the config says float32)"),
+])
+def test_load_hf_model_refuses_an_incomplete_or_mismatched_checkpoint(change, line, tmp_path, tiny_tensors):
+    path = changed_checkpoint(tmp_path, tiny_tensors, change)
+    with pytest.raises(CheckpointError, match="not a complete checkpoint of this model") as info:
+        ck.load_hf_model(path)
+    assert line in [entry.strip() for entry in str(info.value).splitlines()]
+
+
+def test_load_hf_model_takes_fused_names_and_partial_loads_only_when_asked(tmp_path, tiny_tensors):
+    # transformers 5.x's own names (what save_pretrained of a loaded model writes) are complete too
+    fused = {}
+    for name, t in tiny_tensors.items():
+        slot = ck.parse_moe_name(name)
+        if slot is None:
+            fused[name] = t
+    for layer in (0, 1):
+        d = {n: t for n, t in tiny_tensors.items() if n.startswith(f"model.layers.{layer}.block_sparse_moe.")}
+        p = f"model.layers.{layer}.block_sparse_moe."
+        fused[f"model.layers.{layer}.mlp.gate.weight"] = d[p + "gate.weight"]
+        fused[f"model.layers.{layer}.mlp.experts.gate_up_proj"] = torch.stack(
+            [torch.cat([d[f"{p}experts.{e}.w1.weight"], d[f"{p}experts.{e}.w3.weight"]]) for e in range(E)])
+        fused[f"model.layers.{layer}.mlp.experts.down_proj"] = torch.stack([d[f"{p}experts.{e}.w2.weight"]
+                                                                          for e in range(E)])
+    ck.check_complete(ck.open_checkpoint(changed_checkpoint(tmp_path, fused, lambda t: None)),
+                      ck.model_tensors(ck.load_hf_model(TINY)), E, H, I, torch.float32)
+    # a partial load is an explicit choice: strict=False lets transformers initialize what is missing
+    partial = changed_checkpoint(tmp_path, tiny_tensors, lambda t: t.pop("model.norm.weight"))
+    with pytest.raises(CheckpointError, match="missing"):
+        ck.load_hf_model(partial)
+    assert ck.load_hf_model(partial, strict=False).model.norm.weight.shape == (H,)
+    with pytest.raises(TypeError, match="strict"):
+        ck.load_hf_model(TINY, strict="no")
+
+
+# ----------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------
 def test_cli_inspect(capsys):

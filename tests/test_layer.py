@@ -1,5 +1,5 @@
 """moe_lib.layer: MixtralMoE against an fp64 oracle and HF's block, its tensor-parallel shards (in process and
-over gloo), and load_weights' all-or-nothing checks. Also the figures of notebook 09 (moe_lib.teach.viz.layer).
+over gloo), and load_weights' all-or-nothing checks. Also the figures of notebook 10 (moe_lib.teach.viz.layer).
 The whole model with its blocks swapped is tests/test_model.py; on real TP processes, tests/parallel/test_golden.py.
 """
 
@@ -132,6 +132,55 @@ def test_forward_bad_inputs(x, exc, match, layer0, device):
     layer = loaded_layer(layer0, device)
     with pytest.raises(exc, match=match):
         layer(x(device))
+
+
+def test_meta_inputs_and_a_meta_layer_are_refused_clearly(layer0, device):
+    with pytest.raises(ValueError, match="hidden_states is on meta"):
+        loaded_layer(layer0, device)(torch.randn(3, H, device="meta"))
+    on_meta = MixtralMoE(E, K, H, I, device="meta")  # shapes only: fine to build, nothing to compute
+    with pytest.raises(ValueError, match="hidden_states is a meta tensor"):
+        on_meta(torch.randn(3, H, device="meta"))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit deprecations inside Inductor
+def test_compiled_layer_has_no_graph_break_and_the_eager_bits(layer0, gen, device):
+    """torch.compile(layer, fullgraph=True) (Inductor): the gate is compiled, routing and experts run as the
+    torch.ops.moe_lib custom ops; a second token count recompiles once with a dynamic M."""
+    layer = loaded_layer(layer0, device)
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, fullgraph=True)
+    for shape in ((2, 5, H), (7, H)):
+        x = torch.randn(*shape, generator=gen).to(device)
+        assert torch.equal(compiled(x), layer(x))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("M", [1, 16, 300])
+def test_gpu_layer_captures_in_a_cuda_graph_and_compiles(M, dtype, layer0, gen):
+    layer = MixtralMoE(E, K, H, I, params_dtype=dtype, device="cuda")
+    layer.load_weights(layer0)
+    static = torch.randn(M, H, generator=gen).to("cuda", dtype)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        layer(static)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = layer(static)
+    for _ in range(2):
+        x = torch.randn(M, H, generator=gen).to("cuda", dtype)
+        static.copy_(x)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, layer(x))
+    for mode in ("default", "reduce-overhead"):  # reduce-overhead: Inductor's own CUDA graphs
+        torch._dynamo.reset()
+        compiled = torch.compile(layer, fullgraph=True, mode=mode)
+        for _ in range(3):
+            x = torch.randn(M, H, generator=gen).to("cuda", dtype)
+            assert torch.equal(compiled(x).clone(), layer(x))
 
 
 # ----------------------------------------------------------------------------------------------------

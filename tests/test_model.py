@@ -7,9 +7,19 @@ import pytest
 import torch
 
 from moe_lib import checkpoint as ckpt_mod
+from moe_lib import runtime
+from moe_lib.kernels.experts import fused_experts
 from moe_lib.kernels.routing import topk_softmax
 from moe_lib.layer import MixtralMoE
-from moe_lib.model import moe_blocks, record_routing, replace_moe_blocks
+from moe_lib.model import (
+    EXPERTS_IMPLEMENTATION,
+    hf_experts_forward,
+    load_mixtral,
+    moe_blocks,
+    record_routing,
+    register_experts_implementation,
+    replace_moe_blocks,
+)
 from moe_lib.testing import assert_close, rel_err, tolerance
 
 E, K, H, I = 8, 2, 64, 128  # the tiny checkpoint's layer
@@ -35,15 +45,70 @@ def test_swapped_model_matches_hf_and_golden(golden, device):
     assert_close(ref, golden["logits"], tol=tol, what="unmodified HF model vs golden")
     assert_close(ours, ref, tol=tol, what="swapped vs HF")
     assert_close(ours, golden["logits"], tol=tol, what="swapped vs golden")
-
-    greedy = ckpt_mod.golden_run(model, ids, golden["prompt_ids"].to(device))["greedy_ids"]
-    assert torch.equal(greedy.cpu(), golden["greedy_ids"])
+    # (the greedy tokens of swapped layers: test_load_mixtral_in_one_call_gives_the_golden_greedy_tokens)
 
     # The comparison is sensitive: one expert of the last layer with its output halved moves the logits.
     with torch.no_grad():
         layers[1].w2[3].mul_(0.5)
         perturbed = model(ids).logits
     assert rel_err(perturbed, golden["logits"]) > 100 * tol
+
+
+def greedy_tokens(model, golden, device) -> torch.Tensor:
+    """The tiny model's greedy continuation of the golden prompts (what golden_run generates)."""
+    prompt = golden["prompt_ids"].to(device)
+    with torch.no_grad():
+        return model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=ckpt_mod.GOLDEN_NEW_TOKENS,
+                              min_new_tokens=ckpt_mod.GOLDEN_NEW_TOKENS, do_sample=False).cpu()
+
+
+def test_load_mixtral_in_one_call_gives_the_golden_greedy_tokens(golden, device):
+    model = load_mixtral(TINY, device=device)
+    assert not moe_blocks(model) and not model.training
+    assert [type(layer.mlp) for layer in model.model.layers] == [MixtralMoE, MixtralMoE]
+    assert model.model.layers[0].mlp.w13.device.type == torch.device(device).type
+    assert torch.equal(greedy_tokens(model, golden, device), golden["greedy_ids"])
+
+
+def test_moe_lib_is_an_experts_implementation_of_transformers(golden, device, monkeypatch):
+    """transformers 5.x's ExpertsInterface: from_pretrained(..., experts_implementation="moe_lib") keeps HF's
+    blocks and router and runs every expert computation through fused_experts."""
+    from moe_lib import model as model_mod
+
+    assert register_experts_implementation() and register_experts_implementation()  # idempotent
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape)
+        return fused_experts(*args, **kwargs)
+
+    monkeypatch.setattr(model_mod, "fused_experts", counted)
+    model = ckpt_mod.load_hf_model(TINY, experts_implementation=EXPERTS_IMPLEMENTATION).to(device)
+    assert len(moe_blocks(model)) == 2 and model.config._experts_implementation == EXPERTS_IMPLEMENTATION
+    with torch.no_grad():
+        logits = model(golden["input_ids"].to(device)).logits
+    assert calls == [(32, H), (32, H)]  # both layers, batch 2 x 16 tokens
+    assert_close(logits, golden["logits"], tol=tolerance(torch.float32))
+    assert (logits.argmax(-1).cpu() == golden["logits"].argmax(-1)).all()  # the same next token everywhere
+    with pytest.raises(RuntimeError, match="inference.*torch.no_grad"):
+        model(golden["input_ids"][:, :4].to(device))  # gradients on: refused, not silently gradient-free
+
+
+def test_the_experts_implementation_refuses_other_layouts():
+    dev = runtime.default_device()
+
+    class Experts(torch.nn.Module):
+        gate_up_proj = torch.zeros(2, 8, 4, device=dev)
+        down_proj = torch.zeros(2, 4, 4, device=dev)
+        has_bias = True
+
+    x, ids, w = (torch.zeros(3, 4, device=dev), torch.zeros(3, 1, dtype=torch.long, device=dev),
+                 torch.ones(3, 1, device=dev))
+    with pytest.raises(NotImplementedError, match="'has_bias': True"):
+        hf_experts_forward(Experts(), x, ids, w)
+    Experts.has_bias = False
+    with torch.no_grad():
+        assert hf_experts_forward(Experts(), x, ids, w).shape == (3, 4)
 
 
 def test_swap_from_the_models_own_weights(golden, device):

@@ -15,6 +15,12 @@ global expert id to this rank's local id, or -1; ``topk_ids`` hold global ids.
 
 ``moe_align_block_size_torch`` is the readable specification; ``moe_align_block_size`` runs the same
 in Triton (one launch for up to CHUNK ids, three above: count per chunk, scan, scatter).
+
+Values out of range. With ``check_ids=True`` (the default) both raise when an id is outside [0, E) or an
+``expert_map`` value outside [-1, num_local) (one device sync; skipped while a CUDA graph is captured). With
+``check_ids=False`` — and during a capture — they agree on every input: an out-of-range id (int64 ids of
+2**31 and more included: never truncated) is dropped, as if that slot chose no expert, and an out-of-range map
+value counts as -1 (another rank's expert). Nothing is read or written out of bounds either way.
 """
 
 from __future__ import annotations
@@ -25,20 +31,40 @@ import triton.language as tl
 
 from .. import runtime
 from .._alloc import empty
-from .._validate import INT_DTYPES, check_int, check_kernel_device, check_tensor
+from .._validate import (
+    INT_DTYPES,
+    check_bool,
+    check_has_data,
+    check_id_values,
+    check_int,
+    check_kernel_device,
+    check_tensor,
+)
 from ..runtime import pdl_start
 
 
-def _check_align_args(topk_ids, block_size, num_experts, expert_map):
+def _check_align_args(topk_ids, block_size, num_experts, expert_map, num_local, check_ids) -> tuple[int, bool]:
+    """Validate; returns (num_local, whether the values were checked)."""
     check_tensor("topk_ids", topk_ids, dtypes=INT_DTYPES)
+    check_has_data("topk_ids", topk_ids)
     check_int("block_size", block_size, low=1)
     check_int("num_experts", num_experts, low=1)
+    check_bool("check_ids", check_ids)
+    num_local = num_experts if num_local is None else check_int("num_local", num_local, low=1)
     if expert_map is not None:
         check_tensor("expert_map", expert_map, ndim=1, dtypes=INT_DTYPES, device=topk_ids.device)
         if expert_map.shape[0] != num_experts:
             raise ValueError(
                 f"expert_map must have num_experts={num_experts} entries, got shape {tuple(expert_map.shape)}"
             )
+    return num_local, check_id_values(topk_ids, num_experts, expert_map, num_local, check_ids=check_ids)
+
+
+def _local_expert(expert_map: torch.Tensor | None, num_local: int) -> torch.Tensor | None:
+    """The map with every value outside [-1, num_local) replaced by -1 (what an unchecked map means)."""
+    if expert_map is None:
+        return None
+    return torch.where((expert_map >= -1) & (expert_map < num_local), expert_map, -1)
 
 
 def align_sizes(numel: int, block_size: int, num_experts: int) -> tuple[int, int]:
@@ -48,12 +74,17 @@ def align_sizes(numel: int, block_size: int, num_experts: int) -> tuple[int, int
 
 
 def moe_align_block_size_torch(
-    topk_ids: torch.Tensor, block_size: int, num_experts: int, expert_map: torch.Tensor | None = None
+    topk_ids: torch.Tensor, block_size: int, num_experts: int, expert_map: torch.Tensor | None = None, *,
+    num_local: int | None = None, check_ids: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The specification, one expert at a time."""
-    _check_align_args(topk_ids, block_size, num_experts, expert_map)
+    """The specification, one expert at a time. ``num_local``: the experts of this rank (the range of
+    ``expert_map``'s values, default num_experts); ``check_ids``: see the module docstring."""
+    num_local, checked = _check_align_args(topk_ids, block_size, num_experts, expert_map, num_local, check_ids)
+    if not checked:
+        expert_map = _local_expert(expert_map, num_local)
     device = topk_ids.device
-    flat = topk_ids.reshape(-1).long()  # (numel,) flat id i is token i // top_k, slot i % top_k
+    # (numel,) flat id i is token i // top_k, slot i % top_k; ids outside [0, E) match no expert below
+    flat = topk_ids.reshape(-1).long()
     numel = flat.numel()
     max_len, max_blocks = align_sizes(numel, block_size, num_experts)
     sorted_token_ids = torch.full((max_len,), numel, dtype=torch.int32, device=device)
@@ -194,19 +225,38 @@ def _chunk_size(num_experts_pad: int) -> int:
 
 def moe_align_block_size(
     topk_ids: torch.Tensor, block_size: int, num_experts: int, expert_map: torch.Tensor | None = None, *,
+    num_local: int | None = None, check_ids: bool = True,
     out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None, use_pdl: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Same contract and results as :func:`moe_align_block_size_torch`, in Triton. ``out``: the three output
     buffers (int32, of the lengths :func:`align_sizes` gives, and 1) to write instead of new ones; ``use_pdl``:
     programmatic dependent launch (default: :func:`moe_lib.runtime.pdl`'s choice)."""
-    _check_align_args(topk_ids, block_size, num_experts, expert_map)
+    num_local, checked = _check_align_args(topk_ids, block_size, num_experts, expert_map, num_local, check_ids)
     if block_size & (block_size - 1):
         raise ValueError(f"block_size must be a power of two for the Triton kernel, got {block_size}")
     check_kernel_device("topk_ids", topk_ids)
+    return align_launch(topk_ids, block_size, num_experts, expert_map, num_local, values_checked=checked, out=out,
+                        use_pdl=use_pdl)
+
+
+def align_launch(
+    topk_ids: torch.Tensor, block_size: int, num_experts: int, expert_map: torch.Tensor | None, num_local: int, *,
+    values_checked: bool, out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    use_pdl: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The launches of :func:`moe_align_block_size` for validated arguments (the plan calls this directly).
+
+    ``values_checked``: every id is in [0, num_experts) and every map value in [-1, num_local). Otherwise the
+    values the kernels would misread become -1 first: with E not a power of two, ids in [E, E_PAD), which would
+    match a padding column of the one-hot (other out-of-range ids match no column and are dropped as they are,
+    int64 ones included: the ids are read in their own dtype, never cast), and map values outside
+    [-1, num_local). With E a power of two and no map (Mixtral), that costs nothing."""
     device = topk_ids.device
-    flat = topk_ids.reshape(-1)
-    if flat.dtype != torch.int32:
-        flat = flat.to(torch.int32)
+    flat = topk_ids.reshape(-1)  # int32 or int64, as given: an int64 id is compared as int64
+    if not values_checked:
+        if num_experts & (num_experts - 1):
+            flat = torch.where((flat >= 0) & (flat < num_experts), flat, -1)
+        expert_map = _local_expert(expert_map, num_local)
     numel = flat.numel()
     max_len, max_blocks = align_sizes(numel, block_size, num_experts)
     if out is None:
@@ -232,7 +282,7 @@ def moe_align_block_size(
         counts = empty(num_chunks, e_pad, dtype=torch.int32, device=device)
         prefix = empty(num_chunks, e_pad, dtype=torch.int32, device=device)
         totals = empty(e_pad, dtype=torch.int32, device=device)
-    emap = expert_map.to(torch.int32) if expert_map is not None else sorted_token_ids
+    emap = expert_map.contiguous() if expert_map is not None else sorted_token_ids  # int32 or int64, as given
     if use_pdl is None:
         use_pdl = runtime.pdl(device, numel)
     with runtime.quiet_interpreter():
@@ -253,4 +303,4 @@ def moe_align_block_size(
     return sorted_token_ids, expert_ids, num_tokens_post_padded
 
 
-__all__ = ["align_sizes", "moe_align_block_size", "moe_align_block_size_torch"]
+__all__ = ["align_sizes", "align_launch", "moe_align_block_size", "moe_align_block_size_torch"]

@@ -19,6 +19,18 @@ The steps, for M tokens routed to top_k experts each::
     sum_k    out = sum over k of partial                     only for the "pass" k-sum (top_k >= 3)
 
 No decision changes a bit of the result: each is a different schedule of the same arithmetic.
+
+Batch invariance is a promise, not an accident: a token's output row is bitwise the same whether it is computed
+alone or inside a batch of any size, with any tuned config, and on every repeated call
+(``tests/kernels/test_batch_invariance.py`` holds it on the CPU and the GPU). Every row's arithmetic depends on
+its own token, its experts and K only: tiles, layouts and waves move rows around but never split or reorder a
+row's reduction over K, and the k-sum adds a token's own slots in slot order (or two terms into zero). A future
+speed-up that would break this (split-K, a reduction across tokens, more than two atomic terms) may only come as
+a :func:`make_plan` keyword that is off by default.
+
+The entry points capture in a CUDA graph and compile: the default ``check_ids=True`` reads the ids on the host
+only when that is possible (never during a capture, see :func:`moe_lib._validate.ids_checkable`), and under
+``torch.compile`` they run as the custom ops of :mod:`moe_lib.kernels.ops`.
 """
 
 from __future__ import annotations
@@ -32,9 +44,10 @@ import triton
 
 from .. import runtime
 from .._alloc import empty
-from .._validate import check_kernel_device, check_moe_args
+from .._validate import check_bool, check_experts_args, check_id_values, check_router_logits
 from ..runtime import Target
-from .align import align_sizes, moe_align_block_size
+from . import ops
+from .align import align_launch, align_sizes
 from .configs import get_config, split_config
 from .fused_moe import gather_sorted_rows, invoke_fused_moe_kernel, moe_sum, tma_usable
 from .routing import topk_softmax_triton
@@ -112,9 +125,10 @@ class Plan:
         return "\n".join(lines)
 
     def bind(self, hidden_states: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
-             topk_ids: torch.Tensor, expert_map: torch.Tensor | None = None) -> BoundPlan:
-        """Allocate the plan's buffers and the output for these (already validated) tensors."""
-        return BoundPlan(self, hidden_states, w13, w2, topk_weights, topk_ids, expert_map)
+             topk_ids: torch.Tensor, expert_map: torch.Tensor | None = None, *, ids_valid: bool = False) -> BoundPlan:
+        """Allocate the plan's buffers and the output for these (already validated) tensors. ``ids_valid``: the
+        values of topk_ids and expert_map were checked (else out-of-range values are dropped, never trusted)."""
+        return BoundPlan(self, hidden_states, w13, w2, topk_weights, topk_ids, expert_map, ids_valid=ids_valid)
 
 
 def _split_tail(target: Target, sorted_len: int, n: int, config: dict, allowed: bool) -> bool:
@@ -229,7 +243,7 @@ class BoundPlan:
     """A plan with its tensors: ``out``, the buffers, and ``steps`` (name -> a closure that runs that step
     alone, for the benchmark's breakdown). :meth:`run` runs them in order and returns ``out``."""
 
-    def __init__(self, plan: Plan, x, w13, w2, topk_weights, topk_ids, expert_map=None):
+    def __init__(self, plan: Plan, x, w13, w2, topk_weights, topk_ids, expert_map=None, *, ids_valid: bool = False):
         self.plan = p = plan
         device = x.device
         self.out = empty(p.num_tokens, p.hidden, dtype=p.dtype, device=device)
@@ -261,9 +275,12 @@ class BoundPlan:
 
         def align():
             if p.layout == "decode":
-                self.layout[1].copy_(ids)  # int64 ids (or strided ones) to the int32 expert ids
+                # int64 ids (or strided ones) to the int32 expert ids; clamped first, so that an out-of-range
+                # int64 id stays out of range (-1 or E: its block adds nothing) instead of wrapping around
+                self.layout[1].copy_(ids.clamp(-1, p.num_experts))
             else:
-                moe_align_block_size(topk_ids, bm, p.num_experts, expert_map, out=self.layout, use_pdl=use_pdl)
+                align_launch(topk_ids, bm, p.num_experts, expert_map, p.num_local, values_checked=ids_valid,
+                             out=self.layout, use_pdl=use_pdl)
 
         def gather():
             gather_sorted_rows(x, self.layout[0], self.layout[2], top_k, out=a1, use_pdl=use_pdl)
@@ -342,22 +359,45 @@ def fused_experts(
         expert_map: optional (E_global,) global -> local expert id, -1 for experts on other ranks.
         config: kernel configuration (configs.CONFIG_KEYS, optionally "down": GEMM2 overrides, "TMA": the
             sorted layout read through tensor descriptors, used where the GPU and the strides allow it);
-            default: the tuned table for this shape and GPU, else a heuristic.
+            validated like a tuned table's row; default: the tuned table for this shape and GPU, else a heuristic.
         check_ids: check on the host that ids lie in [0, E) and expert_map values in [-1, local experts)
-            (one device sync). Off skips only that check (every shape, dtype and device check stays):
-            out-of-range ids are then never read or written out of bounds, and their slots count as zero.
+            (one device sync; skipped while a CUDA graph is captured). False skips only that check (every
+            shape, dtype and device check stays). Unchecked values are never trusted: an out-of-range id is
+            dropped (its slot adds nothing), an out-of-range map value counts as -1, nothing is read or written
+            out of bounds.
 
     Returns:
-        (M, H) in the dtype of hidden_states: sum over k of weight * expert(x).
+        (M, H) in the dtype of hidden_states: sum over k of weight * expert(x). Bitwise the same for a token
+        whatever the batch around it (see the module docstring).
     """
-    check_moe_args(hidden_states, w13, w2, topk_weights, topk_ids, expert_map, check_ids=check_ids)
-    if not (hidden_states.dtype == w13.dtype == w2.dtype):
-        raise TypeError(
-            f"hidden_states ({hidden_states.dtype}), w13 ({w13.dtype}) and w2 ({w2.dtype}) must share a dtype"
-        )
-    check_kernel_device("hidden_states", hidden_states)
-    plan = plan_call(hidden_states, w13, w2, topk_ids, expert_map, config, ids_checked=check_ids)
-    return plan.bind(hidden_states, w13, w2, topk_weights, topk_ids, expert_map).run()
+    check_bool("check_ids", check_ids)
+    if torch.compiler.is_compiling():
+        return ops.fused_experts(hidden_states, w13, w2, topk_weights, topk_ids, expert_map, config_json(config),
+                                 check_ids)
+    return run_fused_experts(hidden_states, w13, w2, topk_weights, topk_ids, expert_map, config, check_ids)
+
+
+def run_fused_experts(hidden_states, w13, w2, topk_weights, topk_ids, expert_map, config, check_ids) -> torch.Tensor:
+    """:func:`fused_experts` run eagerly: validate, plan, bind, run (what the custom op runs too)."""
+    check_experts_args(hidden_states, w13, w2, topk_weights, topk_ids, expert_map, check_ids)
+    num_experts = w13.shape[0] if expert_map is None else expert_map.shape[0]
+    checked = check_id_values(topk_ids, num_experts, expert_map, w13.shape[0], check_ids=check_ids)
+    plan = plan_call(hidden_states, w13, w2, topk_ids, expert_map, config, ids_checked=checked)
+    return plan.bind(hidden_states, w13, w2, topk_weights, topk_ids, expert_map, ids_valid=checked).run()
+
+
+@torch.compiler.assume_constant_result
+def config_json(config: dict | None) -> str | None:
+    """A config as the custom op takes it (validated, JSON; None for the default): computed once while tracing."""
+    return None if config is None else json.dumps(_checked(config), sort_keys=True)
+
+
+def route(router_logits: torch.Tensor, top_k: int, renormalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The routing of :func:`fused_moe` and of the layer: :func:`~moe_lib.kernels.routing.topk_softmax_triton`,
+    run as its custom op under ``torch.compile``."""
+    if torch.compiler.is_compiling():
+        return ops.topk_softmax(router_logits, top_k, renormalize)
+    return topk_softmax_triton(router_logits, top_k, renormalize)
 
 
 def fused_moe(
@@ -372,16 +412,19 @@ def fused_moe(
     config: dict | None = None,
     check_ids: bool = True,
 ) -> torch.Tensor:
-    """Routing (fp32 softmax top-k, Triton) then :func:`fused_experts`."""
-    if isinstance(router_logits, torch.Tensor) and isinstance(hidden_states, torch.Tensor) and (
-        router_logits.dim() == 2 and router_logits.shape[0] != hidden_states.shape[0]
-    ):
-        raise ValueError(
-            f"router_logits has {router_logits.shape[0]} rows but hidden_states has {hidden_states.shape[0]} tokens"
-        )
-    topk_weights, topk_ids = topk_softmax_triton(router_logits, top_k, renormalize)
+    """Routing (fp32 softmax top-k, Triton) then :func:`fused_experts`. ``router_logits``: (M, E) with one row
+    per token and one column per expert (E = w13.shape[0], or expert_map's length: the global experts)."""
+    check_bool("check_ids", check_ids)
+    check_router_logits(router_logits, hidden_states, w13, expert_map)
+    topk_weights, topk_ids = route(router_logits, top_k, renormalize)
     return fused_experts(hidden_states, w13, w2, topk_weights, topk_ids,
                          expert_map=expert_map, config=config, check_ids=check_ids)
 
 
-__all__ = ["STEPS", "K_SUMS", "GemmStep", "Plan", "BoundPlan", "make_plan", "plan_call", "fused_experts", "fused_moe"]
+# The custom ops torch.ops.moe_lib.fused_experts / fused_moe run these (ops.py cannot import this module: this
+# module imports it, to call the ops while being compiled).
+ops.implement("fused_experts", run_fused_experts)
+ops.implement("fused_moe", fused_moe)
+
+__all__ = ["STEPS", "K_SUMS", "GemmStep", "Plan", "BoundPlan", "make_plan", "plan_call", "fused_experts", "fused_moe",
+           "route", "run_fused_experts", "config_json"]

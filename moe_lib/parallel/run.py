@@ -17,6 +17,7 @@ process. Exit status 0 when every check passes.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -78,6 +79,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--inter {a.inter} is not divisible by --tp {a.size}")
     if a.mode == "ep" and a.size > a.experts + (a.redundant or 0):
         p.error(f"--ep {a.size} exceeds the number of (physical) experts, {a.experts + (a.redundant or 0)}")
+    for name in ("timeout", "pg_timeout"):
+        value = getattr(a, name)
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            p.error(f"--{name.replace('_', '-')} must be a finite number of seconds > 0, got {value:g}")
+    if a.backend == "nccl" and not runtime.HAS_CUDA:
+        p.error("--backend nccl needs CUDA GPUs (this machine has none); use --backend gloo")
     if a.bench:
         if a.mode != "tp" or a.out is None:
             p.error("--bench needs --tp N and --out PATH")
@@ -88,8 +95,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if torchrun_world is None and a.size > torch.cuda.device_count():
             p.error(f"--tp {a.size} needs {a.size} GPUs, this machine has {torch.cuda.device_count()}")
     a.backend = a.backend or ("nccl" if runtime.HAS_CUDA else "gloo")
-    a.timeout = a.timeout or (600.0 if a.bench else 120.0)
-    a.pg_timeout = a.pg_timeout or (300.0 if a.bench else 60.0)
+    if a.timeout is None:
+        a.timeout = 600.0 if a.bench else 120.0
+    if a.pg_timeout is None:
+        a.pg_timeout = 300.0 if a.bench else 60.0
     return a
 
 

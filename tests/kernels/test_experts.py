@@ -5,6 +5,8 @@ The CPU part runs in the Triton interpreter (sizes kept small); the `gpu` part r
 machine (`make test-gpu PY=python3`) with Mixtral shapes, bf16 and M = 100000.
 """
 
+import json
+
 import pytest
 import torch
 from problems import check, make_problem, tma_config
@@ -415,3 +417,193 @@ def test_gpu_split_tail_and_pdl_keep_the_bits(gen):
             for split, pdl in ((True, True), (False, True), (True, False), (False, False))]
     assert all(torch.equal(outs[0], o) for o in outs[1:])
     assert_close(outs[0], moe_reference(x, w13, w2, w, ids), tol=tolerance(torch.bfloat16))
+
+
+# ---- strict inputs: check_ids=False skips only the values; configs, router_logits, devices ---------------
+@pytest.mark.parametrize(
+    "change,exc,match",
+    [
+        # a routing batch larger (or smaller) than the tokens: refused even unchecked (it wrote out of bounds)
+        (lambda a: a.update(topk_ids=torch.cat([a["topk_ids"]] * 2), topk_weights=torch.cat([a["topk_weights"]] * 2)),
+         ValueError, "topk_ids has size 12 in dim 0"),
+        (lambda a: a.update(topk_ids=a["topk_ids"][:3], topk_weights=a["topk_weights"][:3]), ValueError, "topk_ids"),
+        (lambda a: a.update(hidden_states=a["hidden_states"][:, :-1]), ValueError, "w13"),
+        (lambda a: a.update(w2=a["w2"].half()), TypeError, "w2"),
+        (lambda a: a.update(topk_ids=a["topk_ids"].float()), TypeError, "topk_ids"),
+        (lambda a: a.update(topk_weights=a["topk_weights"].long()), TypeError, "topk_weights"),
+        (lambda a: a.update(expert_map=torch.zeros(4, 1, dtype=torch.int32, device=a["w13"].device)), ValueError,
+         "expert_map"),
+        (lambda a: a.update(w13=a["w13"].to("meta")), ValueError, "w13 is on meta"),
+    ],
+)
+def test_unchecked_ids_keep_every_other_check(change, exc, match, gen):
+    args = _args(gen)
+    change(args)
+    with pytest.raises(exc, match=match):
+        fused_experts(**args, check_ids=False)
+
+
+@pytest.mark.parametrize("flag", [1, 0, None, "yes", torch.tensor(True)])
+def test_check_ids_must_be_a_bool(flag, gen):
+    with pytest.raises(TypeError, match="check_ids must be a bool"):
+        fused_experts(**_args(gen), check_ids=flag)
+    a = _args(gen)
+    with pytest.raises(TypeError, match="check_ids must be a bool"):
+        fused_moe(a["hidden_states"], a["w13"], a["w2"], torch.randn(6, 4, device=default_device()), 2,
+                  check_ids=flag)
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"GROUP_SIZE_M": 0}, "GROUP_SIZE_M"),
+    ({"GROUP_SIZE_M": -1}, "GROUP_SIZE_M"),
+    ({"GROUP_SIZE_M": 2.0}, "GROUP_SIZE_M"),
+    ({"num_warps": 3}, "num_warps"),
+    ({"num_warps": 0}, "num_warps"),
+    ({"num_stages": 0}, "num_stages"),
+    ({"num_stages": True}, "num_stages"),
+    ({"BLOCK_SIZE_K": 8}, "BLOCK_SIZE_K"),
+    ({"BLOCK_SIZE_M": 512}, "BLOCK_SIZE_M"),
+    ({"split_k": 2}, "unknown keys"),
+    ({"TMA": 1}, "TMA"),
+    ({"down": {"num_warps": 6}}, "down"),
+    ({"down": {"BLOCK_SIZE_M": 32}}, "down"),
+])
+def test_every_config_key_is_validated(change, match, gen):
+    with pytest.raises((ValueError, TypeError), match=match):
+        fused_experts(**_args(gen), config={**SMALL, **change})
+
+
+def test_a_json_table_is_validated_when_the_plan_reads_it(tmp_path):
+    # A GPU target reads tuned tables; a bad row is refused with the file and the M, not launched.
+    from moe_lib.kernels.configs import config_file_name
+    from moe_lib.kernels.experts import make_plan
+    from moe_lib.runtime import Target
+
+    h200 = Target(interpret=False, name="NVIDIA H200", num_sms=132, capability=(9, 0))
+    name = config_file_name(8, 96, "NVIDIA H200")
+    (tmp_path / name).write_text(json.dumps({"1": SMALL, "64": {**SMALL, "GROUP_SIZE_M": 0}}))
+    with pytest.raises(ValueError, match=rf"{name}: config for M=64: config\['GROUP_SIZE_M'\]"):
+        make_plan(40, 64, 96, 2, 8, dtype=torch.float16, target=h200, config_dir=tmp_path)
+
+
+@pytest.mark.parametrize("columns", [3, 6, 16])
+def test_router_logits_must_have_one_column_per_expert(columns, gen):
+    a = _args(gen)  # E = 4
+    logits = torch.randn(6, columns, device=default_device())
+    with pytest.raises(ValueError, match=rf"router_logits has size {columns} in dim 1.*number of experts in w13 is 4"):
+        fused_moe(a["hidden_states"], a["w13"], a["w2"], logits, 2)
+    # with an expert map the columns are the global experts
+    emap = torch.tensor([0, 1, 2, 3, -1, -1, -1, -1], dtype=torch.int32, device=default_device())
+    with pytest.raises(ValueError, match="router_logits has size .* global experts"):
+        fused_moe(a["hidden_states"], a["w13"], a["w2"], logits, 2, expert_map=emap)
+
+
+def test_meta_and_mixed_device_inputs_are_refused_clearly(gen):
+    a = _args(gen)
+    meta = {k: v.to("meta") for k, v in a.items()}
+    with pytest.raises(ValueError, match="hidden_states is a meta tensor"):
+        fused_experts(**meta)
+    with pytest.raises(ValueError, match="hidden_states is a meta tensor"):
+        fused_experts(**meta, check_ids=False)
+    logits = torch.randn(6, 4, device=default_device())
+    with pytest.raises(ValueError, match="router_logits is on meta"):
+        fused_moe(a["hidden_states"], a["w13"], a["w2"], logits.to("meta"), 2)
+    with pytest.raises(ValueError, match="meta"):
+        fused_moe(meta["hidden_states"], meta["w13"], meta["w2"], logits.to("meta"), 2)
+    with pytest.raises(ValueError, match="topk_weights is on meta"):
+        fused_experts(**(a | {"topk_weights": meta["topk_weights"]}))
+
+
+@pytest.mark.parametrize("M,k", [(1, 2), (9, 2), (9, 3)])  # decode, align (atomic k-sum), a separate k-sum
+def test_unchecked_int64_ids_past_int32_are_dropped_not_wrapped(M, k, gen, device, poison):
+    # 2**32 + 3 truncated to 32 bits is expert 3: it must count as no expert, like every out-of-range id.
+    x, w13, w2, w, ids, _ = make_problem(M, 4, 32, 48, k, gen, device=device)
+    bad = ids.long()
+    bad[0, 0] = 2**32 + 3
+    if M > 1:
+        bad[M - 1, k - 1] = -(2**32) + 1
+    with pytest.raises(ValueError, match=r"topk_ids must lie in \[0, 4\)"):
+        fused_experts(x, w13, w2, w, bad)
+    out = fused_experts(x, w13, w2, w, bad, check_ids=False)
+    dropped = (bad < 0) | (bad >= 4)
+    keep = torch.where(dropped, 0, bad)
+    assert_close(out, moe_reference(x, w13, w2, torch.where(dropped, 0.0, w), keep, fp64=True))
+
+
+def test_during_a_capture_the_ids_go_unchecked_and_are_masked(gen, device, poison, monkeypatch):
+    # What a CUDA graph capture does (no host sync possible), pretended on any device: the default check is
+    # skipped, the plan takes the unchecked schedule, and a bad id adds nothing instead of raising.
+    from moe_lib import _validate
+
+    x, w13, w2, w, ids, _ = make_problem(9, 4, 32, 48, 1, gen, device=device)
+    bad = ids.clone()
+    bad[2, 0] = 7
+    with pytest.raises(ValueError, match="topk_ids"):
+        fused_experts(x, w13, w2, w, bad)
+    monkeypatch.setattr(_validate, "ids_checkable", lambda device: False)
+    out = fused_experts(x, w13, w2, w, bad)  # the default check_ids=True, "capturing"
+    keep, w_zero = bad.clone(), w.clone()
+    keep[2, 0], w_zero[2, 0] = 0, 0.0
+    assert (out[2] == 0).all()
+    assert_close(out, moe_reference(x, w13, w2, w_zero, keep, fp64=True))
+    assert plan_call(x, w13, w2, bad, ids_checked=False).k_sum == "atomic"  # top-1: never "direct" unchecked
+
+
+# ---- CUDA graphs: the default entry points capture and replay the eager bits -----------------------------
+def _capture(fn, *static_inputs):
+    """Warm up fn on a side stream, capture one call, return (graph, static output)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn(*static_inputs)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn(*static_inputs)
+    return graph, out
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("entry", ["fused_moe", "fused_experts"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("M,E,H,I,k", [(1, 8, 4096, 1792, 2), (64, 8, 4096, 1792, 2), (33, 8, 96, 200, 1),
+                                       (300, 16, 256, 512, 4), (1024, 8, 4096, 1792, 2)])
+def test_gpu_default_entry_points_capture_in_a_cuda_graph(entry, M, E, H, I, k, dtype, gen):
+    # Defaults only (check_ids=True): the capture must not sync, and each replay gives the eager bits.
+    x, w13, w2, w, ids, logits = make_problem(M, E, H, I, k, gen, dtype, "cuda")
+    if entry == "fused_moe":
+        def fn(x, logits):
+            return fused_moe(x, w13, w2, logits, k)
+
+        def inputs(p):
+            return p[0], p[5].to(dtype)  # tokens, router logits
+    else:
+        def fn(x, ids):
+            return fused_experts(x, w13, w2, w, ids)
+
+        def inputs(p):
+            return p[0], p[4]  # tokens, expert ids
+    static = [t.clone() for t in inputs((x, w13, w2, w, ids, logits))]
+    graph, out = _capture(fn, *static)
+    for seed in range(2):  # new inputs copied into the static ones, then replayed
+        new = inputs(make_problem(M, E, H, I, k, torch.Generator().manual_seed(seed), dtype, "cuda"))
+        for s, n in zip(static, new, strict=True):
+            s.copy_(n)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, fn(*new))
+
+
+@pytest.mark.gpu
+def test_gpu_capture_masks_bad_ids_instead_of_checking(gen):
+    x, w13, w2, w, ids, _ = make_problem(64, 8, 256, 512, 2, gen, torch.bfloat16, "cuda")
+    static_ids = ids.clone()
+    graph, out = _capture(lambda i: fused_experts(x, w13, w2, w, i), static_ids)
+    static_ids[5, 0] = 99  # an id the host check would refuse: the captured kernels drop it
+    graph.replay()
+    torch.cuda.synchronize()
+    keep, w_zero = static_ids.clone(), w.clone()
+    keep[5, 0], w_zero[5, 0] = 0, 0.0
+    assert torch.isfinite(out).all()
+    assert_close(out, moe_reference(x, w13, w2, w_zero, keep, fp64=True), tol=tolerance(torch.bfloat16))

@@ -135,6 +135,14 @@ def test_bad_renormalize():
         topk_softmax_triton(torch.randn(2, 4), 2, renormalize=1)
 
 
+def test_meta_logits_are_refused_by_the_kernel_not_crashed_on():
+    # the torch version computes shapes on meta tensors like any torch code; the kernel needs values
+    with pytest.raises(ValueError, match="router_logits is a meta tensor"):
+        topk_softmax_triton(torch.randn(4, 8, device="meta"), 2)
+    weights, ids = topk_softmax(torch.randn(4, 8, device="meta"), 2)
+    assert weights.shape == ids.shape == (4, 2) and ids.device.type == "meta"
+
+
 # ---- properties over many random inputs (hypothesis) --------------------------------------------------
 @st.composite
 def routing_problem(draw):

@@ -239,12 +239,15 @@ def test_a_rank_that_dies_silently_fails_the_launch():
     assert info.value.rank == 0
 
 
-def test_process_group_timeout_turns_a_hang_into_an_error():
+def test_process_group_timeout_turns_a_hang_into_an_error_that_names_the_stalled_rank():
     start = time.monotonic()
     with pytest.raises(RankError, match="(?i)timed out") as info:
         launch(faults.stall_on_rank, 2, args=(1, 90.0, True), timeout=90, pg_timeout=2 + STARTUP)
-    assert info.value.rank == 0  # the rank waiting in the all-reduce reports the timeout
-    assert "all_reduce" in info.value.traceback
+    # rank 0 reports the all-reduce's timeout, but the culprit is rank 1, still asleep outside any collective
+    assert info.value.rank == 1 and info.value.stalled and info.value.also_failed == [0]
+    assert str(info.value).startswith("rank 1 of 2 stalled")
+    assert "in stall_on_rank" in info.value.traceback and "all_reduce" not in info.value.traceback  # its stack
+    assert "all_reduce" in str(info.value)  # and the waiting rank's error
     assert time.monotonic() - start < 20 + 2 * STARTUP  # the sleeper (90 s) was stopped, not waited for
 
 
@@ -253,6 +256,17 @@ def test_launch_timeout_names_the_stalled_rank():
     with pytest.raises(TimeoutError, match=rf"rank\(s\) \[1\] of 2 did not finish within {timeout:g} s"):
         launch(faults.stall_on_rank, 2, args=(1, 90.0, False), timeout=timeout, pg_timeout=90)
     assert timeout <= time.monotonic() - start < timeout + 12
+
+
+def test_launch_timeout_tells_the_stalled_rank_from_the_one_waiting_for_it():
+    # Both ranks are still running at the deadline: rank 0 in the all-reduce, rank 1 asleep before it.
+    launch(faults.stall_on_rank, 2, args=(1, 0.0, False))  # the forkserver is warm: the ranks start at once
+    timeout = 2 + STARTUP
+    with pytest.raises(TimeoutError, match=r"rank\(s\) \[0, 1\] of 2 did not finish within .*: rank\(s\) \[1\] "
+                       r"stalled outside any collective while rank\(s\) \[0\] waited for them in one") as info:
+        launch(faults.stall_on_rank, 2, args=(1, 90.0, True), timeout=timeout, pg_timeout=90)
+    assert info.value.stalled == [1] and info.value.waiting == [0]
+    assert "rank 1's stack" in str(info.value) and "in stall_on_rank" in str(info.value)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import signal
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -177,3 +180,107 @@ def test_fmt_is_short_and_deterministic():
     assert fmt(torch.empty(0, 3)) == "tensor of shape (0, 3), float32, empty"
     assert fmt(torch.empty(2, device="meta")) == "tensor of shape (2,), float32 (meta)"
     assert fmt((1, 2.0 / 3)) == "(1, 0.666667)"
+
+
+# ----------------------------------------------------------------------------------------------------
+# What a learner's function cannot do to a grading run: hang it, end it, or crash the checker
+# ----------------------------------------------------------------------------------------------------
+def _check_double_fast(fn) -> CheckResult:
+    return check("double", fn, arg_names=("x",), cases=CASES, reference=lambda x: 2 * x, compare=compare_close,
+                 mistakes=[], hint="multiply by 2", summary="three shapes", time_limit_s=0.3)
+
+
+def test_a_case_past_its_time_limit_fails_instead_of_hanging():
+    def spins(x):
+        while True:
+            pass
+
+    def sleeps(x):
+        import time
+
+        time.sleep(60)
+
+    def swallows(x):  # catches the first interruption and keeps looping: interrupted again
+        try:
+            while True:
+                pass
+        except BaseException:
+            while True:
+                pass
+
+    for fn in (spins, sleeps, swallows):
+        start = time.monotonic()
+        result = _check_double_fast(fn)
+        assert time.monotonic() - start < 5
+        assert result.status == FAILED and result.cases_run == 1
+        assert f"  {fn.__name__}() did not return within 0.3 s (an endless loop, or far too slow)" in result.message
+    before = signal.getsignal(signal.SIGALRM)
+    assert _check_double_fast(double).passed  # the limit is per case, and a fast function passes
+    assert signal.getsignal(signal.SIGALRM) is before  # the handler put back
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # no alarm left behind
+
+
+def test_an_outer_timer_is_put_back():
+    fired = []
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: fired.append(signum))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 5.0)
+        assert _check_double_fast(double).passed
+        remaining, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert 3.0 < remaining <= 5.0 and not fired
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("code", [0, 1, None, "bye"])
+def test_sys_exit_is_a_failed_verdict_not_the_end_of_the_run(code):
+    def leaves(x):
+        sys.exit(code)
+
+    result = _check_double(leaves)
+    assert result.status == FAILED and not result
+    assert f"  leaves() called sys.exit({code!r}): a checked function must return its answer" in result.message
+
+
+def test_meta_tensors_and_unprintable_results_fail_clearly():
+    result = _check_double(lambda x: torch.empty_like(x, device="meta"))
+    assert result.status == FAILED
+    assert "returned a meta tensor (a shape without values)" in result.message
+    assert _check_double(lambda x: (2 * x, torch.empty(1, device="meta"))).status == FAILED
+
+    class Weird:
+        def __repr__(self):
+            raise RuntimeError("no repr")
+
+    result = _check_double(lambda x: Weird())
+    assert result.status == FAILED
+    assert "got     : <a Weird whose repr() raised RuntimeError>" in result.message
+
+    class Spiteful(Exception):
+        def __str__(self):
+            raise ValueError("no str either")
+
+    def raises_spite(x):
+        raise Spiteful
+
+    assert "raises_spite() raised Spiteful: <a Spiteful whose str() raised ValueError>" in \
+        _check_double(raises_spite).message
+
+
+def test_a_result_the_comparison_chokes_on_is_a_failed_verdict():
+    def chokes(got, expected):
+        raise RuntimeError("cannot compare")
+
+    result = check("double", double, arg_names=("x",), cases=CASES[:1], reference=lambda x: 2 * x, compare=chokes,
+                   mistakes=[], hint="h", summary="s")
+    assert result.status == FAILED
+    assert "the result could not be compared with the expected one (RuntimeError: cannot compare)" in result.message
+
+
+def test_a_keyboard_interrupt_still_stops_the_check():
+    def interrupted(x):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _check_double(interrupted)

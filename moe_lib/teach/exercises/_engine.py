@@ -2,12 +2,20 @@
 the reference, and on the first disagreement say what differs and which typical mistake gives the same answer.
 
 A checker module only writes its cases (:class:`Case`), its typical wrong solutions (:class:`Mistake`) and
-its reference, and hands them to :func:`check`. Nothing here raises because of the learner's code.
+its reference, and hands them to :func:`check`. Nothing here raises because of the learner's code, and
+nothing the learner's code does ends the check any other way than with a verdict: an exception, a call of
+``sys.exit``, a case that runs past its time limit (``time_limit_s``, :data:`TIME_LIMIT_S` by default), a
+result with no values (a meta tensor) or one whose ``repr`` raises — each is a failed verdict that says so.
+Only the learner's own interrupt (the notebook's stop button: KeyboardInterrupt) goes through.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -16,6 +24,8 @@ import torch
 from ...testing import rel_err
 
 PASSED, FAILED, UNSOLVED = "passed", "failed", "unsolved"
+#: Seconds one case of the learner's function may run (its reference and comparison are not counted).
+TIME_LIMIT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -89,7 +99,15 @@ def fmt(value, limit: int = 12) -> str:
         return "(" + ", ".join(fmt(v, limit) for v in value) + ")"
     if isinstance(value, float):
         return f"{value:.6g}"
-    return repr(value)
+    return _safe_text(repr, value)
+
+
+def _safe_text(to_text: Callable, value) -> str:
+    """``repr(value)`` / ``str(value)``, or a description when the object's own method raises."""
+    try:
+        return to_text(value)
+    except Exception as exc:  # a learner's object: its __repr__ / __str__ may do anything
+        return f"<a {type(value).__name__} whose {to_text.__name__}() raised {type(exc).__name__}>"
 
 
 def _round_nested(values):
@@ -211,38 +229,119 @@ def check(
     mistakes: Sequence[Mistake],
     hint: str,
     summary: str,
+    time_limit_s: float = TIME_LIMIT_S,
 ) -> CheckResult:
-    """Run ``fn`` on every case against ``reference``; the verdict on the first case that differs, else a pass."""
+    """Run ``fn`` on every case against ``reference``; the verdict on the first case that differs, else a pass.
+    Each call of ``fn`` may take ``time_limit_s`` seconds (enforced in the main thread, where notebooks run)."""
     if not callable(fn):
         raise TypeError(f"fn must be the function you wrote for '{exercise}', got {type(fn).__name__}")
-    name = getattr(fn, "__name__", "")
-    name = f"{name}()" if name.isidentifier() else "your function"
+    try:
+        name = getattr(fn, "__name__", "")
+    except Exception:
+        name = ""
+    name = f"{name}()" if isinstance(name, str) and name.isidentifier() else "your function"
     for i, case in enumerate(cases, start=1):
         where = f"FAIL  {exercise}, case {i} of {len(cases)} ({case.label})"
+        failed = _Failed(exercise, where, i)
         try:
-            got = _call(fn, case)
+            with _time_limit(time_limit_s):
+                got = _call(fn, case)
         except NotImplementedError:
             return _unsolved(exercise, name)
+        except _TimeLimit:
+            return failed(f"  {name} did not return within {time_limit_s:g} s (an endless loop, or far too slow)",
+                          *_describe_inputs(arg_names, case), f"  hint: {hint}")
+        except SystemExit as exc:
+            return failed(f"  {name} called sys.exit({_safe_text(repr, exc.code)}): a checked function must "
+                          "return its answer, not end Python", *_describe_inputs(arg_names, case))
         except Exception as exc:  # the learner's code failed: report it, do not raise
-            lines = [f"{where}:", f"  {name} raised {type(exc).__name__}: {exc}",
-                     *_describe_inputs(arg_names, case), f"  hint: {hint}"]
-            return CheckResult(exercise, FAILED, "\n".join(lines), i)
+            return failed(f"  {name} raised {type(exc).__name__}: {_safe_text(str, exc)}",
+                          *_describe_inputs(arg_names, case), f"  hint: {hint}")
         if got is None:
             if i == 1:
                 return _unsolved(exercise, name)
-            lines = [f"{where}:", f"  {name} returned None", *_describe_inputs(arg_names, case), f"  hint: {hint}"]
-            return CheckResult(exercise, FAILED, "\n".join(lines), i)
+            return failed(f"  {name} returned None", *_describe_inputs(arg_names, case), f"  hint: {hint}")
+        if _has_meta(got):
+            return failed(f"  {name} returned a meta tensor (a shape without values): compute real values",
+                          *_describe_inputs(arg_names, case))
         expected = _call(reference, case)
-        diff = compare(got, expected)
+        try:
+            diff = compare(got, expected)
+        except Exception as exc:  # a result the comparison cannot handle is a wrong result, not a crash
+            return failed(f"  the result could not be compared with the expected one ({type(exc).__name__}: "
+                          f"{_safe_text(str, exc)})", *_describe_inputs(arg_names, case),
+                          f"  expected: {fmt(expected)}", f"  got     : {_safe_fmt(got)}")
         if diff is None:
             continue
-        lines = [f"{where}: {diff}",
-                 *_describe_inputs(arg_names, case),
-                 f"  expected: {fmt(expected)}",
-                 f"  got     : {fmt(got)}",
-                 f"  likely mistake: {_diagnose(got, case, mistakes, compare) or hint}"]
-        return CheckResult(exercise, FAILED, "\n".join(lines), i)
+        return failed(*_describe_inputs(arg_names, case),
+                      f"  expected: {fmt(expected)}",
+                      f"  got     : {_safe_fmt(got)}",
+                      f"  likely mistake: {_diagnose(got, case, mistakes, compare) or hint}", diff=f" {diff}")
     return CheckResult(exercise, PASSED, f"PASS  {exercise}: {len(cases)} cases agree ({summary})", len(cases))
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """Makes the failed verdict of one case: its first line, then ``lines``."""
+
+    exercise: str
+    where: str
+    case: int
+
+    def __call__(self, *lines: str, diff: str = "") -> CheckResult:
+        return CheckResult(self.exercise, FAILED, "\n".join([f"{self.where}:{diff}", *lines]), self.case)
+
+
+class _TimeLimit(BaseException):
+    """A case ran out of time (a BaseException, so that the learner's ``except Exception`` does not eat it)."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    """Raise :class:`_TimeLimit` in this block after ``seconds`` (and again every 0.5 s if the learner's code
+    swallows it). SIGALRM: only in the main thread of a platform that has it; elsewhere no limit. A timer that
+    was already running (pytest-timeout's, say) is put back afterwards with the time it had left."""
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    active = [True]
+
+    def on_alarm(signum, frame):
+        if active[0]:
+            raise _TimeLimit
+
+    start = time.monotonic()
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    outer, _ = signal.setitimer(signal.ITIMER_REAL, seconds, 0.5)
+    try:
+        yield
+    finally:
+        while True:  # an alarm may still land here: switch off until it cannot
+            try:
+                active[0] = False
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, previous)
+                break
+            except _TimeLimit:
+                continue
+        if outer:
+            signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - start), 1e-3))
+
+
+def _has_meta(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.device.type == "meta"
+    if isinstance(value, (tuple, list)):
+        return any(_has_meta(v) for v in value)
+    return False
+
+
+def _safe_fmt(value) -> str:
+    try:
+        return fmt(value)
+    except Exception as exc:
+        return f"<a {type(value).__name__} that cannot be shown: {type(exc).__name__}>"
 
 
 def _unsolved(exercise: str, name: str) -> CheckResult:
@@ -265,9 +364,9 @@ def _diagnose(got, case: Case, mistakes: Sequence[Mistake], compare: Callable) -
         try:
             if compare(got, _call(mistake.fn, case)) is None:
                 return mistake.why
-        except Exception:
+        except (Exception, SystemExit):
             continue
     return None
 
 
-__all__ = ["CheckResult", "PASSED", "FAILED", "UNSOLVED"]
+__all__ = ["CheckResult", "PASSED", "FAILED", "UNSOLVED", "TIME_LIMIT_S"]

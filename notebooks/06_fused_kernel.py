@@ -58,11 +58,12 @@ from moe_lib.teach import show_source, viz
 from moe_lib.config import TINY
 from moe_lib.gate import MoEGate
 from moe_lib.kernels.align import moe_align_block_size
-from moe_lib.kernels.experts import fused_experts, fused_moe
+from moe_lib.kernels.experts import fused_experts, fused_moe, make_plan
 from moe_lib.kernels.fused_moe import grouped_tile, invoke_fused_moe_kernel
 from moe_lib.kernels.textbook import textbook_fused_experts, textbook_moe_kernel
 from moe_lib.reference import moe_reference, silu_and_mul
 from moe_lib.kernels.routing import topk_softmax
+from moe_lib.runtime import Target
 from moe_lib.testing import randn, rel_err, seeded, tolerance, verdict
 
 torch.set_printoptions(precision=4, sci_mode=False)
@@ -500,7 +501,78 @@ print(verdict("fused_moe vs HF MixtralSparseMoeBlock", ours, hf_out))
 print(verdict("HF MixtralSparseMoeBlock vs fp64 oracle", hf_out, oracle))
 
 # %% [markdown] slideshow={"slide_type": "slide"}
-# ## 9. On a GPU
+# ## 9. Batch invariance: a token's bits do not depend on its batch
+#
+# A serving engine batches whatever requests are waiting: the same prompt meets a different batch every
+# time. If a token's output depended on its neighbours, greedy decoding would not be reproducible, and a
+# request would get different text depending on the traffic around it. vLLM needs a special mode for this
+# (its batch-invariant kernels, slower). `moe_lib`'s MoE layer has it by default, and keeps it on purpose:
+#
+# > a token's output row is **bitwise** the same alone (one token: the decode layout, no alignment kernel) and
+# > inside a batch of any size — whatever tile, layout (TMA or not), split tail, or tuned-table row the plan
+# > picks for that size — and two calls with the same inputs give the same bits.
+#
+# Why it holds: every decision of the plan moves rows around, never the arithmetic *inside* a row. Each row of
+# each GEMM is one reduction over $K$, in $K$ order, in fp32; the routing weight and SiLU are applied per row;
+# the $k$-sum adds a token's own $k$ rows in slot order (or, for $k \le 2$, atomically into zero: $0 + a + b$
+# rounds the same in either order). Nothing reduces *across* tokens.
+
+# %% slideshow={"slide_type": "subslide"}
+# The H200's plan picks very different schedules for different batch sizes (decisions only: nothing runs here)
+h200 = Target(interpret=False, name="NVIDIA H200", num_sms=132, capability=(9, 0))  # Mixtral at TP 8 on it
+print(f"{'M':>5}  {'layout':<7} {'tiles M x N x K (GEMM1)':<24} {'TMA':<5} {'split tail':<10} k-sum")
+for m in (1, 64, 512, 4096):
+    p = make_plan(m, 4096, 14336 // 8, 2, 8, dtype=torch.bfloat16, target=h200)
+    c = p.gemm1.config
+    print(f"{m:>5}  {p.layout:<7} {c['BLOCK_SIZE_M']:>3} x {c['BLOCK_SIZE_N']:>3} x {c['BLOCK_SIZE_K']:<12} "
+          f"{str(p.tma):<5} {str(p.gemm1.split_tail):<10} {p.k_sum}")
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# Here, in the interpreter, the tile grows with the batch too (16 rows at 7 tokens, 64 at 130). Each probe
+# token alone must equal the same token inside both batches — `torch.equal`, not a tolerance — and a second
+# call must repeat the first bit for bit. (On the H200 the same check runs at Mixtral's shapes from 1 to 4096
+# tokens, through the tuned tables: `tests/kernels/test_batch_invariance.py`.)
+
+# %% slideshow={"slide_type": "-"}
+gen_bi = torch.Generator().manual_seed(0)
+H_SMALL, I_SMALL = 64, 96  # a small layer of E experts: the interpreter is slow
+tokens = torch.randn(130, H_SMALL, generator=gen_bi)
+w13_bi = torch.randn(E, 2 * I_SMALL, H_SMALL, generator=gen_bi) * H_SMALL**-0.5
+w2_bi = torch.randn(E, H_SMALL, I_SMALL, generator=gen_bi) * I_SMALL**-0.5
+logits_bi = torch.randn(130, E, generator=gen_bi)
+
+same = True
+for dtype in (torch.float32, torch.bfloat16):
+    xb, a, b, lg = (t.to(dtype) for t in (tokens, w13_bi, w2_bi, logits_bi))
+    batches = {m: fused_moe(xb[:m], a, b, lg[:m], K) for m in (7, 130)}
+    for tok in (0, 4, 129):
+        alone = fused_moe(xb[tok : tok + 1], a, b, lg[tok : tok + 1], K)[0]
+        same &= all(torch.equal(alone, out[tok]) for m, out in batches.items() if tok < m)
+    same &= torch.equal(fused_moe(xb, a, b, lg, K), batches[130])
+print(f"{'PASS' if same else 'FAIL'}  every probe token alone == the same token in batches of 7 and 130 "
+      "(fp32, bf16), and a repeated call == the first: bitwise")
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# **What is not covered**: the router's matmul. `MixtralMoE`'s gate is torch's `linear`, and BLAS (cuBLAS on
+# a GPU) picks another kernel for one row than for many, which may round differently in the last bit — so
+# a whole layer is batch invariant given the same router logits. On this machine:
+
+# %% slideshow={"slide_type": "-"}
+# NBVAL_IGNORE_OUTPUT
+gate_w = torch.randn(E, H_SMALL, generator=gen_bi)
+one_row = torch.nn.functional.linear(tokens[:1], gate_w)
+in_batch = torch.nn.functional.linear(tokens, gate_w)[:1]
+print("gate logits of token 0, alone vs in a batch of 130: "
+      + ("bitwise equal" if torch.equal(one_row, in_batch) else
+         f"differ by up to {(one_row - in_batch).abs().max().item():.1e}"))
+
+# %% [markdown] slideshow={"slide_type": "-"}
+# The rule for future speed-ups follows: anything that would change a row's arithmetic with the batch —
+# split-K, a reduction across tokens, more than two atomic terms per output — may only come as a `make_plan`
+# keyword that is off by default (a tripwire test lists every keyword).
+
+# %% [markdown] slideshow={"slide_type": "slide"}
+# ## 10. On a GPU
 #
 # Here the kernels ran in the Triton interpreter, which executes each program with numpy — right answers,
 # no speed. On a GPU the same source is compiled. If this machine has one, the next cell checks the kernel

@@ -141,16 +141,34 @@ def _split_tail(target: Target, sorted_len: int, n: int, config: dict, allowed: 
     return bm >= 64 and bn >= 32 and target.num_sms <= tiles <= SPLIT_TAIL_MAX_WAVES * target.num_sms
 
 
+def _fit_shared_memory(config: dict, target: Target, element: int, gated: bool = False) -> dict:
+    """The config with as many pipeline stages as fit in one program's shared memory on this GPU: each stage
+    holds an A tile and one B tile (two in the gated GEMM1). Tuned bf16 tables always fit; a config meant for
+    2-byte elements used with fp32, or a table from a bigger GPU, loses stages instead of failing to launch."""
+    if target.shared_memory is None:
+        return config
+    per_stage = config["BLOCK_SIZE_K"] * (config["BLOCK_SIZE_M"] + (2 if gated else 1) * config["BLOCK_SIZE_N"])
+    stages = config["num_stages"]
+    while stages > 1 and stages * per_stage * element > target.shared_memory:
+        stages -= 1
+    return config if stages == config["num_stages"] else {**config, "num_stages": stages}
+
+
 @functools.lru_cache(maxsize=1024)
 def _make_plan(num_tokens, hidden, inter, top_k, num_experts, num_local, dtype, target, config_json, has_expert_map,
                ids_checked, ids_int32, descriptors_ok, split_tail, fuse_k_sum, pdl, config_dir) -> Plan:
     if config_json is None:
+        # Tables are per dtype, as vLLM names them: bf16 and fp16 share the plain table; fp32 has its own
+        # (",dtype=float32"; none ships: its tiles take twice the shared memory, so it takes the heuristic).
         config = get_config(num_tokens, num_experts, inter, hidden, top_k, device_name=target.name,
-                            interpret=target.interpret, config_dir=config_dir)
+                            interpret=target.interpret, config_dir=config_dir,
+                            dtype=None if dtype in (torch.bfloat16, torch.float16) else "float32")
     else:
         config = json.loads(config_json)
     up, down = split_config(config)
     up.pop("TMA", None)
+    element = torch.finfo(dtype).bits // 8
+    up, down = _fit_shared_memory(up, target, element, gated=True), _fit_shared_memory(down, target, element)
     if num_tokens == 0:
         return Plan(num_tokens, hidden, inter, top_k, num_experts, num_local, dtype, target, config, "empty", False,
                     "direct", False, 0, None, None, ())

@@ -62,12 +62,14 @@ class Target:
 
     ``interpret``: the Triton interpreter on the CPU; ``name``: the GPU's name (tuned tables are per name);
     ``num_sms``: programs of a big tile that run at once (None in the interpreter: no waves);
-    ``capability``: CUDA compute capability, (0, 0) in the interpreter."""
+    ``capability``: CUDA compute capability, (0, 0) in the interpreter; ``shared_memory``: bytes of shared memory
+    one program may use (None in the interpreter: no limit)."""
 
     interpret: bool
     name: str = "cpu"
     num_sms: int | None = None
     capability: tuple[int, int] = (0, 0)
+    shared_memory: int | None = None
 
     @property
     def hopper(self) -> bool:
@@ -82,7 +84,8 @@ INTERPRETER = Target(interpret=True)
 def _cuda_target(index: int) -> Target:
     props = torch.cuda.get_device_properties(index)
     return Target(interpret=False, name=props.name, num_sms=props.multi_processor_count,
-                  capability=(props.major, props.minor))
+                  capability=(props.major, props.minor),
+                  shared_memory=getattr(props, "shared_memory_per_block_optin", None))
 
 
 def target(device: torch.device) -> Target:

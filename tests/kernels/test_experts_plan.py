@@ -115,3 +115,29 @@ def test_describe_names_every_decision():
     text = mixtral(4096).describe()
     for word in ("steps", "layout", "TMA", "k-sum", "PDL", "gemm1", "gemm2", "split tail", "buffers"):
         assert word in text
+
+
+H200_SMEM = Target(interpret=False, name="NVIDIA H200", num_sms=132, capability=(9, 0), shared_memory=232448)
+
+
+def test_fp32_takes_the_heuristic_and_every_pipeline_fits_in_shared_memory():
+    # The shipped tables are tuned for 2-byte elements; fp32 tiles take twice the shared memory.
+    for m in (1, 64, 1024):
+        plan = make_plan(m, 4096, 1792, 2, 8, dtype=torch.float32, target=H200_SMEM)
+        assert plan.config == make_plan(m, 4096, 1792, 2, 8, dtype=torch.float32, target=A100).config
+        for gemm, gated in ((plan.gemm1, True), (plan.gemm2, False)):
+            c = gemm.config
+            smem = c["num_stages"] * c["BLOCK_SIZE_K"] * (c["BLOCK_SIZE_M"] + (2 if gated else 1) * c["BLOCK_SIZE_N"])
+            assert smem * 4 <= 232448 and c["num_stages"] >= 1
+    # a bf16 tuned row is kept as it is
+    assert mixtral(4096, target=H200_SMEM).config == mixtral(4096).config
+    assert mixtral(4096, target=H200_SMEM).gemm1.config == mixtral(4096).gemm1.config
+
+
+def test_a_config_too_big_for_shared_memory_loses_stages_not_the_launch():
+    big = {"BLOCK_SIZE_M": 64, "BLOCK_SIZE_N": 128, "BLOCK_SIZE_K": 128, "GROUP_SIZE_M": 1, "num_warps": 8,
+           "num_stages": 5}
+    plan = make_plan(300, 4096, 1792, 2, 8, dtype=torch.bfloat16, target=H200_SMEM, config=big)
+    assert plan.gemm1.config["num_stages"] == 2  # 128 x (64 + 2 x 128) x 2 B = 80 KiB a stage; 227 KiB in all
+    assert plan.gemm2.config["num_stages"] == 4  # 128 x (64 + 128) x 2 B = 48 KiB a stage
+    assert plan.config == big  # the config as given stays on record

@@ -354,7 +354,7 @@ def run_plan(x, w13, w2, w, ids, config=None, **options):
 @pytest.mark.parametrize("tma", [False, True])
 def test_k_sum_in_gemm2_gives_the_bits_of_the_separate_pass(dtype, tma, gen, device):
     # Two terms added into zero round the same in either order: the same bits as the sum kernel, every time.
-    x, w13, w2, w, ids, _ = make_problem(77, 8, 64, 96, 2, gen, dtype, device)
+    x, w13, w2, w, ids, _ = make_problem(41, 8, 64, 96, 2, gen, dtype, device)
     config = tma_config(BLOCK_SIZE_M=16, TMA=tma)
     fused = [fused_experts(x, w13, w2, w, ids, config=config) for _ in range(2)]
     separate = run_plan(x, w13, w2, w, ids, config, fuse_k_sum=False)
@@ -380,7 +380,7 @@ def test_k_sum_in_gemm2_with_expert_map_and_unchecked_bad_ids(gen, device, poiso
 
 
 # ---- a sparse last wave split into half tiles ----------------------------------------------------------
-@pytest.mark.parametrize("num_sms", [5, 7, 9, 16])
+@pytest.mark.parametrize("num_sms", [5, 9])  # last wave: 1 of 5, 4 of 9 programs (split at most half)
 @pytest.mark.parametrize("tma", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_split_tail(num_sms, tma, dtype, gen, device, poison):

@@ -1,5 +1,6 @@
 # Everything a user needs:  make lab  |  make test
-# Lecturers:  make slides  |  make test-browser (JupyterLab in a real browser, a few minutes)
+# Lecturers:  make slides | make present | make handouts | make test-browser (JupyterLab, RISE and the decks
+#             in a real browser, offline, a few minutes)
 # Both create .venv on first use (nothing is installed outside it) and are quick afterwards.
 
 PYTHON ?= python3
@@ -19,7 +20,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
                -p no:cacheprovider -o addopts="" -q
 
-.PHONY: setup lab test test-unit test-notebooks test-gpu test-browser slides sync lint execute clean
+.PHONY: setup lab workspace test test-unit test-notebooks test-gpu test-browser slides present handouts sync lint execute clean
 
 setup: $(STAMP)
 
@@ -31,12 +32,27 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -c "import matplotlib.pyplot"
 	touch $(STAMP)
 
+# JupyterLab's news popup off: the lab settings overrides of this venv (not a server flag).
+LAB_OVERRIDES := $(VENV)/share/jupyter/lab/settings/overrides.json
+
 # Root (containers, this project's CI machines) needs jupyter's explicit consent.
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
+# A busy PORT stops here with a message (JupyterLab would quietly move to another port; port_retries=0 keeps
+# it from doing so should the port be taken in between).
 lab: setup
-	$(VENV)/bin/jupyter lab --no-browser --ip=127.0.0.1 --port=$(PORT) $(ALLOW_ROOT) \
-	    --ServerApp.root_dir=notebooks --LabApp.default_url=/lab/tree/00_overview.ipynb
+	@$(PY) -c "import socket, sys; port = int(sys.argv[1]); busy = socket.socket().connect_ex(('127.0.0.1', port)) == 0; \
+	  sys.exit(busy and f'make lab: port {port} is busy (another JupyterLab?); stop what uses it, or pick another: make lab PORT={port + 1}')" $(PORT)
+	@$(MAKE) --no-print-directory workspace
+	@mkdir -p $(VENV)/share/jupyter/lab/settings && test -f $(LAB_OVERRIDES) || echo \
+	  '{"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}, "jupyterlab-rise:plugin": {"theme": "white"}}' > $(LAB_OVERRIDES)
+	$(VENV)/bin/jupyter lab --no-browser --ip=127.0.0.1 --port=$(PORT) --ServerApp.port_retries=0 $(ALLOW_ROOT) \
+	    --ServerApp.root_dir=workspace --LabApp.default_url=/lab/tree/00_overview.ipynb
+
+# Your own copy of the notebooks (git-ignored): created on first use; later runs bring in what changed upstream
+# and never overwrite a notebook you edited without asking (run it in a terminal to be asked).
+workspace: setup
+	$(PY) -m moe_lib.teach.workspace
 
 # tests/browser is the slow real-browser run of `make test-browser`, not part of `make test`.
 test: setup
@@ -46,7 +62,7 @@ test: setup
 test-unit: setup
 	$(PY) -m pytest -q tests --ignore=tests/browser
 
-# One notebook:  make test-notebooks NB=notebooks/02_routing.ipynb
+# One notebook:  make test-notebooks NB=notebooks/03_routing.ipynb
 NB ?= notebooks
 test-notebooks: setup
 	$(PY) -m pytest $(NBVAL_FLAGS) $(NB)
@@ -68,11 +84,26 @@ test-browser: setup
 	MOE_LIB_BROWSER_TEST=1 timeout -k 30 $(BROWSER_TIMEOUT) $(PY) -m pytest -p no:cacheprovider -o addopts="" \
 	    -q -rfEs --timeout=900 tests/browser
 
-# reveal.js decks (one per notebook) in build/slides/; open build/slides/02_routing.slides.html in a browser.
+# Lecture decks that work offline: one reveal.js deck per notebook in build/slides/, reveal.js copied next to them
+# from an installed package, math drawn as MathML, speaker notes on the S key. Open build/slides/index.html, or:
+#   make present                  (the decks on http://127.0.0.1:8000/)
+#   make slides SLIDES_NB=notebooks/03_routing.ipynb SLIDES_THEME=simple
 SLIDES_NB ?= notebooks/*.ipynb
+SLIDES_THEME ?= white
 slides: setup
-	$(PY) -m jupyter nbconvert --to slides --output-dir build/slides --SlidesExporter.reveal_scroll=True \
-	    $(SLIDES_NB)
+	$(PY) -m moe_lib.teach.slides decks --out build/slides --theme $(SLIDES_THEME) $(SLIDES_NB)
+
+PRESENT_PORT ?= 8000
+present: slides
+	$(PY) -m moe_lib.teach.slides serve --dir build/slides --port $(PRESENT_PORT)
+
+# Printable handouts (the whole notebook, notes as prose): build/handouts/NN_name.html, and .pdf printed by Debian's
+# chromium (installed with apt-get if missing and root; without it, the HTML only: print it from any browser).
+handouts: setup
+	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium (for the PDFs)"; \
+	  export DEBIAN_FRONTEND=noninteractive; apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq chromium >/dev/null 2>&1; } || true; }
+	$(PY) -m moe_lib.teach.slides handouts --out build/handouts $(SLIDES_NB)
 
 # After editing a notebook's .py pair (or the .ipynb), bring the other file of the pair up to date.
 sync: setup

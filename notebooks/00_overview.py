@@ -20,7 +20,10 @@
 # Mixtral 8x7B** — exactly as the vLLM inference engine computes it, one step per notebook. Each step is
 # first derived in a few lines of plain PyTorch, then checked against the shared `moe_lib` package (and,
 # where one exists, against an independent implementation such as Hugging Face `transformers`), then
-# drawn. Every notebook is re-executed as a test, so every number you read here was just recomputed.
+# drawn.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# Every notebook is re-executed as a test, so every number you read here was just recomputed.
 #
 # In this notebook:
 #
@@ -59,7 +62,8 @@ from moe_lib.testing import randn, seeded
 # y = \sum_{e \in \mathcal{T}} w_e\, \mathrm{FFN}_e(x), \qquad
 # \mathrm{FFN}_e(x) = W_2^{(e)}\big(\operatorname{silu}(W_1^{(e)} x) \odot W_3^{(e)} x\big).
 # $$
-#
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # Each expert is a SwiGLU MLP: two "up" projections $W_1, W_3$ of shape $I \times H$ (gate and up), a
 # SiLU on one of them, an elementwise product, and a "down" projection $W_2$ of shape $H \times I$.
 #
@@ -145,7 +149,8 @@ print(f"FLOPs per token, {L} layers: {L * m.flops_per_token() / 1e9:6.1f} GFLOP"
 # attention and the embeddings, which every token uses.)
 #
 # Two consequences shape everything that follows:
-#
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # * **Compute is cheap, memory is not.** Per token, the layer does ~0.7 GFLOP of expert work, but it must
 #   keep all 2.82 GB of expert weights in GPU memory, because the next token may pick any expert.
 # * **At small batch sizes the layer is bound by reading weights.** Decoding one token reads the weights
@@ -153,7 +158,7 @@ print(f"FLOPs per token, {L} layers: {L * m.flops_per_token() / 1e9:6.1f} GFLOP"
 #   byte it reads. A batch of tokens shares the weight reads only when tokens pick the same experts —
 #   notebook 04 counts this, notebook 07 measures it.
 
-# %% slideshow={"slide_type": "-"}
+# %% slideshow={"slide_type": "-"} alt="Bar chart of Mixtral 8x7B's expert parameters over 32 layers: 45.10 billion stored for the 8 experts, 11.27 billion used per token by its 2 experts."
 viz.moe_parameters(MIXTRAL_8X7B, num_layers=MIXTRAL_8X7B_LAYERS)
 
 # %% [markdown] slideshow={"slide_type": "slide"}
@@ -174,7 +179,8 @@ viz.moe_parameters(MIXTRAL_8X7B, num_layers=MIXTRAL_8X7B_LAYERS)
 # The expert weights live fused, as in vLLM (and in Hugging Face `transformers` 5): `w13` of shape
 # $(E, 2I, H)$ — rows $[0, I)$ are $W_1$ (gate), rows $[I, 2I)$ are $W_3$ (up) — and `w2` of shape
 # $(E, H, I)$. One GEMM against `w13` computes both up projections at once.
-#
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # vLLM wraps the routing and expert steps in a layer called `FusedMoE`; the gate stays outside it. With
 # tensor parallelism over $t$ GPUs, each GPU's `w13` is $(E, 2I/t, H)$ and its `w2` is $(E, H, I/t)$:
 # each GPU computes a partial sum of every expert's output, and one all-reduce adds them up.
@@ -221,6 +227,8 @@ print(f"moe_lib     : {moe_lib.__version__}")
 # * Mixtral 8x7B: 8 experts of $3 \cdot 4096 \cdot 14336$ parameters each, top-2. One MoE block stores
 #   1.41 B parameters (2.82 GB in bf16); a token uses 0.35 B of them. All 32 blocks: 45.1 B stored,
 #   11.3 B used per token.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # * vLLM's layer is: replicated gate → fp32 top-$k$ routing → a fused Triton kernel over the experts →
 #   an all-reduce across tensor-parallel GPUs.
 #

@@ -25,7 +25,10 @@
 # $$
 #
 # Row $t$ of $\ell$ holds token $t$'s **router logits**: one score per expert, $\ell_{te} = \langle x_t,
-# W_{g,e}\rangle$ — how well the token aligns with expert $e$'s row of the gate. Notebook 03 turns these
+# W_{g,e}\rangle$ — how well the token aligns with expert $e$'s row of the gate.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# Notebook 03 turns these
 # scores into a choice of experts.
 #
 # In this notebook: the gate derived by hand, checked against `moe_lib.gate.MoEGate` and against Hugging
@@ -94,7 +97,7 @@ print(verdict("one logit by hand", by_hand.reshape(1), ref[t, e].reshape(1)))
 #
 # One row per token, one column per expert; red is a high score, blue a low one.
 
-# %% slideshow={"slide_type": "-"}
+# %% slideshow={"slide_type": "-"} alt="Heatmap of router logits, 16 tokens by 8 experts: red cells are high scores, blue cells low; each row shows which experts one token prefers."
 viz.token_expert_heatmap(logits, title="Router logits, 16 tokens x 8 experts")
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
@@ -196,7 +199,10 @@ print(verdict("topk_softmax vs HF router weights", weights, hf_scores),
 # it runs your function on a few fixed and random cases and compares the result with the library's. It
 # shows `PASS`, or the first case that went wrong — the input, what was expected, what your function
 # returned — and the likely mistake. Until you write the body, the check says *not solved yet*, and the
-# notebook still runs to the end. Worked solutions:
+# notebook still runs to the end.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# Worked solutions:
 # [solutions/01_gate_solutions.ipynb](solutions/01_gate_solutions.ipynb).
 
 # %% slideshow={"slide_type": "-"}
@@ -243,7 +249,8 @@ check_logit_std(logit_std)
 # * vLLM replicates the gate on every GPU: 64 KiB for Mixtral, and identical routing everywhere with no
 #   communication.
 # * `MoEGate` agrees with Hugging Face's `MixtralTopKRouter` once both hold the same weight.
-#
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # **Next — [02 · a Triton primer](02_triton_primer.ipynb):** the language the kernels of the next notebooks
 # are written in — programs, blocks, masks, strides, `tl.dot` — on tiny kernels, each drawn element by
 # element; then [03 · top-k routing](03_routing.ipynb) turns these logits into a choice of $k$ experts.

@@ -19,7 +19,10 @@
 # Three of the next notebooks read a Triton kernel: the routing kernel (03), the alignment kernels (05) and
 # the fused-MoE kernel (06), vLLM's grouped GEMM. Triton is a Python dialect for GPU kernels: you write what
 # **one program** does to **blocks** of elements, launch a **grid** of programs, and the compiler spreads
-# each block over the GPU's threads. This notebook teaches the pieces those kernels are made of, each with a
+# each block over the GPU's threads.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# This notebook teaches the pieces those kernels are made of, each with a
 # tiny kernel of its own, a check against torch (one `PASS` line) and a **picture of which elements each
 # program reads and writes**:
 #
@@ -66,7 +69,7 @@ print(verdict("program ids vs torch.arange(8)", ids.float(), torch.arange(8.0, d
 # That tensor already is a **program map**: for every element, the program that wrote it. Such maps are
 # what the pictures of this notebook draw, one square per element, one colour per program:
 
-# %% slideshow={"slide_type": "-"}
+# %% slideshow={"slide_type": "-"} alt="Program map of an 8-element tensor: one coloured square per element, element p written by program p of the 8-program grid."
 viz.program_map({"ids (written)": ids}, title="whoami_kernel[(8,)]: program p writes element p")
 
 # %% [markdown] slideshow={"slide_type": "slide"}
@@ -99,7 +102,7 @@ print(verdict("add_kernel vs x + y", out, x + y))
 # being NaN at step $p$, program $p$ wrote. `viz.record_reads` finds the reads: it sets one input element
 # to NaN and sees whose output turns NaN. By hand, program `pid` owns `pid * BLOCK` … `pid * BLOCK + 7`:
 
-# %% slideshow={"slide_type": "-"}
+# %% slideshow={"slide_type": "-"} alt="Two program maps, x read and out written: each program reads and writes one contiguous block of BLOCK elements, the same blocks in both tensors."
 def launch_add(grid):
     add_kernel[grid](x, y, out, BLOCK=BLOCK)
 
@@ -146,7 +149,7 @@ print(verdict("masked_add_kernel vs x + y", out, x + y))
 # mask, program 2 would have stored into them — memory that belongs to someone else (section 8 finds such
 # a bug).
 
-# %% slideshow={"slide_type": "-"}
+# %% slideshow={"slide_type": "-"} alt="Program map of buf, out plus four extra elements: the last program's masked lanes leave the four elements after out unwritten."
 wrote = viz.record_programs(lambda g: masked_add_kernel[g](x, y, buf, n, BLOCK=BLOCK), buf, grid)
 viz.program_map({"buf = out + 4 more elements (written)": wrote}, grid=grid)
 
@@ -179,7 +182,7 @@ for other in (float("-inf"), 0.0):
 # shape. The masked-off lanes read nothing. (`tl.max` ignores NaN, so `record_reads` poisons with +inf
 # here.)
 
-# %% slideshow={"slide_type": "-"}
+# %% slideshow={"slide_type": "-"} alt="Program maps of a block maximum: each program reads a whole block of x and writes a single element of maxima; masked-off lanes read nothing."
 def launch_max(g):
     block_max_kernel[g](x, maxima, n, BLOCK=BLOCK, OTHER=float("-inf"))
 
@@ -193,7 +196,10 @@ viz.program_map({"x (read)": viz.record_reads(launch_max, x, maxima, grid, poiso
 # A 2-D tensor is one run of memory; element $(r, c)$ sits at `ptr + r * stride_r + c * stride_c`. A kernel
 # takes the strides as arguments and never assumes a layout. With `tl.arange` on both axes,
 # `rows[:, None] * stride_r + cols[None, :] * stride_c` is a whole **tile** of pointers (broadcasting, as in
-# numpy), and the mask is 2-D as well. Here a 2-D grid of programs copies `x` — a **transposed view** of a
+# numpy), and the mask is 2-D as well.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# Here a 2-D grid of programs copies `x` — a **transposed view** of a
 # $7 \times 10$ tensor, strides $(1, 10)$ — into a contiguous `out`, one $4 \times 4$ tile per program:
 
 # %% slideshow={"slide_type": "-"}
@@ -227,7 +233,7 @@ print(verdict("copy_tile_kernel vs x.contiguous()", out, x.contiguous()))
 # a $4 \times 4$ tile of `out` and reads the **transposed** tile of `base`; the masks cut the tiles at the
 # edges:
 
-# %% slideshow={"slide_type": "-"}
+# %% slideshow={"slide_type": "-"} alt="Two program maps for a transposing copy: each program writes a 4 by 4 tile of out and reads the transposed tile of base, with the tiles cut at the edges by masks."
 wrote = viz.record_programs(launch_copy, out, grid2)  # (10, 7), flat program id i * 2 + j
 read = torch.full((7, 10), -1, dtype=torch.int64)
 read.view(-1)[out.long().view(-1).cpu()] = wrote.view(-1)  # out[r, c] came from offset out[r, c]
@@ -262,7 +268,7 @@ for n_arg, block, use_n in ((8, 8, True), (6, 6, False)):
 # The same kernel with another `BLOCK` is another kernel: a different grid, a different map. `BLOCK` is the
 # knob that the fused-MoE kernel's tuned configurations turn (`BLOCK_SIZE_M`, `_N`, `_K` in notebook 07):
 
-# %% slideshow={"slide_type": "-"}
+# %% slideshow={"slide_type": "-"} alt="Program maps of the same masked add with BLOCK 4 and BLOCK 16: the larger block gives fewer, longer blocks of elements per program."
 x, y = randn(n, generator=seeded(5), device=device), randn(n, generator=seeded(6), device=device)
 out, maps = torch.empty(n, device=device), {}
 for block in (4, 16):
@@ -317,7 +323,7 @@ print(verdict("matmul_kernel vs torch (fp64)", c, a.double() @ b.double()))
 # `cdiv(K, BLOCK_K)` = 3 steps. To check that program (1, 0) reads nothing else, fill $A$ and $B$ with NaN
 # everywhere else: its tile of $C$ must still come out right (the other programs' tiles turn NaN):
 
-# %% slideshow={"slide_type": "-"}
+# %% slideshow={"slide_type": "-"} alt="Program maps of a tiled matrix multiply: program (1, 0) reads row block 1 of A and column block 0 of B and writes one tile of C."
 p_i, p_j = 1, 0
 a_nan, b_nan = torch.full_like(a, float("nan")), torch.full_like(b, float("nan"))
 a_nan[p_i * BM : (p_i + 1) * BM] = a[p_i * BM : (p_i + 1) * BM]
@@ -399,7 +405,10 @@ print("the fused-MoE kernel's switch:",
 # ### Debugging: print inside the kernel
 #
 # Because the interpreter runs the body as Python, a plain `print` inside a kernel prints each program's
-# values; `tl.device_print` does the same and also works compiled on a GPU. A block-sum kernel with a
+# values; `tl.device_print` does the same and also works compiled on a GPU.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# A block-sum kernel with a
 # bug — its result is wrong for the last block only:
 
 # %% slideshow={"slide_type": "-"}
@@ -424,7 +433,7 @@ block_sum_kernel[(grid,)](x, sums, n, BLOCK=BLOCK, DEBUG=True)
 # Program 2's mask lets offset 20 through: `offs <= n` should be `offs < n`. The picture of the reads
 # shows the stray read of the element after `x` — another tensor's memory on a real system:
 
-# %% slideshow={"slide_type": "-"}
+# %% slideshow={"slide_type": "-"} alt="Program map of the reads of a buggy block sum: one program reads an element past the end of x, the off-by-one of its mask."
 buggy = viz.record_reads(lambda g: block_sum_kernel[g](storage, sums, n, BLOCK=BLOCK, DEBUG=False), storage,
                          sums, grid)
 viz.program_map({"storage = x + 4 more elements: read by the buggy kernel": buggy}, grid=grid)
@@ -454,7 +463,10 @@ print(verdict("block_sum_fixed_kernel vs torch", sums, ref))
 #
 # Complete `vector_add_kernel`: `out = x + y` for `n` fp32 values, one block of `BLOCK` values per program
 # (sections 1 to 4). The check launches it as the comment shows, on seven cases — one program, four, a ragged
-# last block, `n < BLOCK` — each tensor inside a buffer whose guards before and after are poisoned with NaN. It
+# last block, `n < BLOCK` — each tensor inside a buffer whose guards before and after are poisoned with NaN.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# It
 # reports a store outside `out`, an element left unwritten or a wrong value, draws which program wrote each
 # element, and names the likely mistake. Until the body does something it says *not solved yet*.
 
@@ -496,6 +508,8 @@ check_row_softmax(row_softmax_kernel)
 # * A program works on **blocks**: `tl.arange(0, BLOCK)` offsets, a power of two known at compile time.
 # * **Masks** (`offs < n`) make ragged sizes safe: masked loads read nothing and yield `other` — the
 #   neutral element of what follows (0 for a sum, −inf for a max) — and masked stores write nothing.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # * Element $(r, c)$ is at `ptr + r * stride_r + c * stride_c`; broadcasting `rows[:, None]` against
 #   `cols[None, :]` makes a 2-D tile of pointers, for any layout, transposed views included.
 # * `tl.constexpr` arguments are compile-time: block sizes and switches; each value is its own binary.

@@ -22,6 +22,8 @@
 #
 # 1. softmax over the $E$ experts, **in fp32**, after subtracting the row's maximum;
 # 2. probabilities that come out NaN or Inf are set to 0;
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # 3. keep the $k$ largest, in descending order — **ties go to the lower expert id**;
 # 4. renormalize: divide the $k$ kept probabilities by their fp32 sum (by 1 if that sum is $\le 0$).
 #
@@ -109,7 +111,7 @@ print(verdict("weights by hand vs topk_softmax", weights, ref_weights))
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # One token's probabilities, its two chosen experts in orange:
 
-# %% slideshow={"slide_type": "-"}
+# %% slideshow={"slide_type": "-"} alt="Bar chart of one token's softmax probabilities over 8 experts, the two chosen experts highlighted in orange."
 viz.token_probabilities(probs[0], ref_ids[0], title="Token 0: softmax over 8 experts")
 
 # %% [markdown] slideshow={"slide_type": "slide"}
@@ -149,7 +151,8 @@ print("renormalize=False, row sums:", [f"{s:.4f}" for s in raw.sum(dim=-1).tolis
 # gate in bf16, which has only 128 values between one power of two and the next, so two experts can get
 # the very same logit. When that happens at the edge of the top $k$, the tie rule decides which expert the
 # token visits.
-#
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # vLLM's routing kernel scans for the maximum and, among equal values, keeps the lowest index; so does
 # ours. Take a row where experts 1, 2 and 4 share the top score:
 
@@ -173,7 +176,10 @@ print("stable sort (ours) :", torch.sort(uniform, dim=-1, descending=True, stabl
 # another pair). A stable sort keeps equal elements in their original order, so the first $k$ of a
 # descending stable sort are exactly "the largest, lowest id first". That is why `moe_lib` uses it.
 #
-# How often does it matter? Over 20,000 tokens with bf16 logits, count the rows where the $k$-th and
+# How often does it matter?
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# Over 20,000 tokens with bf16 logits, count the rows where the $k$-th and
 # $(k{+}1)$-th probabilities are equal (the tie rule decides), and the rows where `torch.topk` picks a
 # different *set* of experts than the rule:
 
@@ -248,7 +254,8 @@ for e in swapped:
 # so is every probability. vLLM's rule sets non-finite probabilities to **0**: the token gets weight 0
 # for both its experts (the sum is 0, so the division is by 1) and, by the tie rule, experts 0 and 1.
 # The routing output stays finite and well-formed; it does not spread NaN into the weights.
-#
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # Four rows: a NaN logit, a $+\infty$ logit ($\infty - \infty$ = NaN poisons the row), a $-\infty$ logit
 # (a clean probability of 0 — that expert is simply never chosen), and a row that is all $-\infty$:
 
@@ -288,12 +295,12 @@ print("our weights, ids of the token:", ours_w[1].tolist(), ours_ids[1].tolist()
 # random logits get close, real routers can be far more uneven, and the kernels must cope with that
 # (notebooks 05 and 09).
 
-# %% slideshow={"slide_type": "-"}
+# %% slideshow={"slide_type": "-"} alt="Bar chart of expert load for 64 tokens with top-2 routing: slots per expert, all near the balanced value of 16."
 batch_logits = randn(64, E, generator=seeded(3))  # (M, E)
 batch_w, batch_ids = topk_softmax(batch_logits, K)
 viz.expert_load(batch_ids, E)
 
-# %% slideshow={"slide_type": "subslide"}
+# %% slideshow={"slide_type": "subslide"} alt="Routing map of the first 24 tokens: for each token, two coloured cells mark its chosen experts, shaded by routing weight."
 viz.routing_heatmap(batch_w[:24], batch_ids[:24], E, title="Routing weights, first 24 tokens")
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
@@ -303,7 +310,7 @@ viz.routing_heatmap(batch_w[:24], batch_ids[:24], E, title="Routing weights, fir
 # grows, and the map fill up as $k$ approaches $E$ (at $k = E$ every token visits every expert — a dense
 # layer, but weighted). The figure is drawn when the cell runs, and redrawn whenever a slider is released.
 
-# %% slideshow={"slide_type": "-"}
+# %% slideshow={"slide_type": "-"} alt="Routing overview for 32 tokens with top-2: the load of each expert as bars and the token by expert routing map, as the widget first draws it."
 figure_area = Output()
 
 
@@ -339,6 +346,8 @@ show_source(topk_softmax_kernel)  # the Python function under the @triton.jit wr
 # * **One program per block of rows.** The launch grid is $\lceil M / \texttt{BLOCK\_M} \rceil$ programs;
 #   program `pid_m` owns rows `pid_m * BLOCK_M + arange(BLOCK_M)`. `BLOCK_E` is $E$ rounded up to a power
 #   of two (Triton tiles have power-of-two sizes), and `BLOCK_K` likewise for $k$.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # * **Softmax in registers.** The tile of logits is loaded once, with `mask_m`/`mask_e` guarding rows past
 #   $M$ and columns past $E$. Masked columns read $-\infty$, so they add $e^{-\infty} = 0$ to the sum.
 #   The row maximum is subtracted before `exp`, in fp32.
@@ -410,7 +419,10 @@ print(verdict("MoEGate + topk_softmax_triton vs HF MixtralTopKRouter", w_t.cpu()
 # it runs your function on a few fixed and random cases and compares the result with the library's. It
 # shows `PASS`, or the first case that went wrong — the input, what was expected, what your function
 # returned — and the likely mistake. Until you write the body, the check says *not solved yet*, and the
-# notebook still runs to the end. Worked solutions:
+# notebook still runs to the end.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# Worked solutions:
 # [solutions/03_routing_solutions.ipynb](solutions/03_routing_solutions.ipynb).
 
 # %% slideshow={"slide_type": "-"}
@@ -454,7 +466,8 @@ check_topk_ids(topk_ids)
 # comment shows how) in the interpreter on fixed and random cases inside poisoned guard buffers, and reports
 # stores outside the outputs, elements left unwritten, wrong values — with a picture of which program wrote
 # what — and the likely mistake. Until the body does something it says *not solved yet*.
-#
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # Complete `topk_kernel`: one program per token — the softmax of its `E` logits in fp32, then `TOP_K` rounds
 # of arg-max, largest first, **ties to the lower expert id** (section 7's kernel does the same for a block of
 # rows). A NaN probability counts as 0 and padding columns are never chosen; no renormalization here.
@@ -501,6 +514,8 @@ check_renormalize_kernel(renormalize_kernel)
 # * Renormalized top-$k$ probabilities are a softmax over the $k$ chosen logits; the rest only decide the
 #   choice.
 # * The tie rule is part of the contract; `torch.topk` does not promise it, a stable sort does.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # * fp32 matters: low-precision softmax overflows without the max subtraction, and rounding its output to
 #   bf16 merges close probabilities and sends some tokens to a different expert.
 # * The Triton kernel does all of it in one pass with a repeated arg-max, and matches the torch

@@ -27,7 +27,10 @@
 #
 # This notebook writes that down three times — per token by hand, then as a loop over experts, then as
 # the library's `moe_lib.reference.moe_reference` — and checks it against Hugging Face's
-# `MixtralSparseMoeBlock`. `moe_reference` is slow on purpose: it is the **specification** that every
+# `MixtralSparseMoeBlock`.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# `moe_reference` is slow on purpose: it is the **specification** that every
 # fast kernel in the later notebooks is compared with. The notebook ends by counting what the layer costs
 # per token: FLOPs, and the weight bytes a batch of tokens has to read.
 
@@ -59,7 +62,8 @@ torch.set_printoptions(precision=4, sci_mode=False)
 # * `w13` of shape $(E, 2I, H)$ — rows $[0, I)$ of expert $e$ are $W_1^{(e)}$ (the *gate* projection, the
 #   one that goes through SiLU), rows $[I, 2I)$ are $W_3^{(e)}$ (the *up* projection);
 # * `w2` of shape $(E, H, I)$ — the *down* projection.
-#
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # We draw them at random with a $1/\sqrt{\text{fan-in}}$ scale, so activations stay of order one, and
 # route 16 tokens with a gate as in notebooks 01 and 03.
 
@@ -186,7 +190,10 @@ for dtype in (torch.float16, torch.bfloat16):
 # expert loop, so this is an end-to-end check of notebooks 01–04 against independent code.
 #
 # Two details. The parameters of a fresh block are **uninitialized** memory, so we copy ours into all
-# three. And we name the experts implementation (`"eager"`, the plain loop) in the config: left unset,
+# three.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# And we name the experts implementation (`"eager"`, the plain loop) in the config: left unset,
 # the block warns about it at its first call. Its forward takes `(batch, seq, H)`.
 
 # %% slideshow={"slide_type": "-"}
@@ -253,7 +260,8 @@ print(f"a token's own activations    : {act_bytes / 1e3:.1f} kB per expert visit
 # routed uniformly at random, one token misses a given expert with probability $1 - k/E$, so
 #
 # $$ \mathbb{E}[\text{experts touched}] = E\left(1 - \left(1 - \tfrac{k}{E}\right)^{M}\right). $$
-#
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # First a check of that formula against simulated routing (random logits through `topk_softmax`), then
 # against `moe_lib.perf.floors.expected_experts_touched`, which the figure below and the benchmark use:
 
@@ -284,7 +292,10 @@ for M in (1, 2, 4, 8, 16, 32, 64, 256, 1024, 4096):
 # are touched, and from then on the bytes stay at 2.82 GB while the FLOPs grow with $M$: the intensity
 # climbs as $M k / E = M/4$.
 #
-# A GPU balances the two at its **ridge point**, peak FLOP/s divided by memory bandwidth. The ceilings
+# A GPU balances the two at its **ridge point**, peak FLOP/s divided by memory bandwidth.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# The ceilings
 # measured for this project on an H100 (bf16 GEMM 766 TFLOP/s, device copy 2.97 TB/s) put it near
 # 258 FLOP/byte — reached only around $M \approx 1000$. Below that the layer is **memory-bound**: its
 # fastest possible time is the weight bytes over the bandwidth, whatever the kernel does with the FLOPs.
@@ -299,7 +310,7 @@ for M in (1, 64, 4096):
     bound = "memory" if t_mem > t_flop else "compute"
     print(f"M = {M:4d}: floor {max(t_mem, t_flop) * 1e6:6.0f} µs  ({bound}-bound)")
 
-# %% slideshow={"slide_type": "subslide"}
+# %% slideshow={"slide_type": "subslide"} alt="Two plots against tokens per call M: the weight bytes read per call grow from 2 experts' worth to all 8 experts' by M of about 16, then stay flat; FLOPs per weight byte grow linearly and cross the ridge point near M of about 1000."
 viz.weight_traffic(m, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096],
                    ridge_flops_per_byte=peak_flops / bandwidth)
 
@@ -313,7 +324,10 @@ viz.weight_traffic(m, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096],
 # it runs your function on a few fixed and random cases and compares the result with the library's. It
 # shows `PASS`, or the first case that went wrong — the input, what was expected, what your function
 # returned — and the likely mistake. Until you write the body, the check says *not solved yet*, and the
-# notebook still runs to the end. Worked solutions:
+# notebook still runs to the end.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# Worked solutions:
 # [solutions/04_reference_solutions.ipynb](solutions/04_reference_solutions.ipynb).
 
 # %% slideshow={"slide_type": "-"}
@@ -362,6 +376,8 @@ check_moe_forward(moe_forward)
 #   structure of every fast MoE kernel. `moe_reference` is that loop, and `fp64=True` makes it an oracle.
 # * Our gate + routing + reference match Hugging Face's `MixtralSparseMoeBlock` loaded with the same
 #   weights, to fp32 and to fp64 rounding.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # * A token costs $2(3kHI + EH)$ FLOPs — 0.7 GFLOP for Mixtral — but a batch must read every touched
 #   expert's weights: at small $M$ the layer is bound by memory, one FLOP per byte at $M = 1$.
 #

@@ -18,7 +18,10 @@
 #
 # Notebook 04 ended with the loop over experts: gather the tokens that chose expert $e$, run one GEMM on
 # that group, add the results back. The fused kernel of notebook 06 runs **all** those GEMMs in a single
-# launch. It cuts the output into tiles of `BLOCK_M` rows × `BLOCK_N` columns, and one program computes
+# launch.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# It cuts the output into tiles of `BLOCK_M` rows × `BLOCK_N` columns, and one program computes
 # one tile — so the `BLOCK_M` rows of a tile must all belong to **one expert**: then a single slice of a
 # single expert's weights serves the whole tile.
 #
@@ -146,7 +149,7 @@ print(f"{'PASS' if ok else 'FAIL'}  by hand vs moe_align_block_size_torch: all t
 # hatched grey; thick lines separate the blocks, each labelled with its `expert_ids` entry; white slots lie
 # past `num_tokens_post_padded` — allocated, never used.
 
-# %% slideshow={"slide_type": "-"}
+# %% slideshow={"slide_type": "-"} alt="Strip of aligned slots coloured by expert with flat ids, padding slots hatched grey, thick lines between blocks of BLOCK_M labelled by expert id, unused slots white."
 viz.alignment_layout(*spec, block_size=BLOCK_M, num_valid=numel, num_experts=E,
                              title=f"{M} tokens x top-{K}, BLOCK_M = {BLOCK_M}")
 
@@ -176,7 +179,10 @@ print("num_tokens_post_padded =", worst_total.item(), "= 8 rows + 8 experts x 3 
 # Why allocate the worst case instead of the exact size? The exact total is only known after the routing
 # has run **on the GPU**. Reading it back to the host would stall the CPU until the GPU catches up, and it
 # would make the buffer sizes — and the kernel's grid — depend on data, which CUDA graphs (notebook 07)
-# cannot replay. So the sizes depend only on $M$, $k$, $E$ and $B$; `num_tokens_post_padded` stays a
+# cannot replay.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# So the sizes depend only on $M$, $k$, $E$ and $B$; `num_tokens_post_padded` stays a
 # one-element tensor **on the device**, and the kernel's programs past it return at once.
 
 # %% [markdown] slideshow={"slide_type": "slide"}
@@ -203,14 +209,17 @@ for i, m in enumerate(token_counts):
     if m in (1, 16, 256, 4096):
         print(f"{m:>6}" + "".join(f"{100 * wasted[b][i]:12.1f}%" for b in block_sizes))
 
-# %% slideshow={"slide_type": "subslide"}
+# %% slideshow={"slide_type": "subslide"} alt="Padding waste for 8 experts, top-2: the share of padded rows against tokens per call for BLOCK_M 16, 32, 64 and 128, measured and worst case; near 100 percent for a few tokens, falling towards 0 for thousands."
 viz.padding_waste(token_counts, wasted, num_experts=E, top_k=K)
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # At decode-sized batches most of the rows computed are padding: one token with $B = 16$ fills 2 of the
 # 32 rows of its two blocks. That is cheaper than it sounds — at small $M$ the layer is bound by reading
 # the expert **weights** (notebook 04), and a padded row reuses weights the block loads anyway. For large
-# $M$ each expert wastes $(B-1)/2$ rows on average, so the fraction falls like $E(B-1)/(2Mk)$. This is
+# $M$ each expert wastes $(B-1)/2$ rows on average, so the fraction falls like $E(B-1)/(2Mk)$.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# This is
 # why the GPU's default configuration lets `BLOCK_M` grow with $M$: 16 up to $M = 32$, then 32, 64, and
 # 128 above $M = 512$ — big tiles only once the groups are long enough to fill them.
 
@@ -227,7 +236,7 @@ print(f"M={m}, BLOCK_M={b}: estimate E(B-1)/(2Mk) = {100 * E * (b - 1) / (2 * m 
 # hatched until the groups grow. The figure is drawn when the cell runs, and redrawn when you change a
 # control.
 
-# %% slideshow={"slide_type": "-"}
+# %% slideshow={"slide_type": "-"} alt="Aligned layout drawn by the widget for 12 tokens with BLOCK_M 8: expert-coloured slots, hatched padding, most slots wasted at this size."
 layout_area = Output()
 
 
@@ -260,7 +269,10 @@ VBox([controls, layout_area])
 # With **expert parallelism** (notebook 09) each GPU holds only some of the experts. Routing still picks
 # among all $E$, so `topk_ids` hold *global* ids, and each rank passes an `expert_map`: global id → this
 # rank's local id, or −1 for an expert held elsewhere. Alignment keeps the very same layout but writes the
-# **local** id into `expert_ids`, and −1 for the blocks of remote experts. The kernel writes zeros for a
+# **local** id into `expert_ids`, and −1 for the blocks of remote experts.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# The kernel writes zeros for a
 # −1 block, so this rank's output holds only its own experts' share; summing the ranks' outputs (an
 # all-reduce) gives the full layer.
 #
@@ -274,7 +286,7 @@ print("expert_ids, rank 1  :", e_ep.tolist())
 print("sorted_token_ids and num_tokens_post_padded unchanged:",
       torch.equal(s_ep, spec[0]) and torch.equal(n_ep, spec[2]))
 
-# %% slideshow={"slide_type": "subslide"}
+# %% slideshow={"slide_type": "subslide"} alt="Aligned layout on rank 1 of 2: blocks of local experts 0 to 3 keep their rows, blocks of remote experts are marked with expert id minus one."
 viz.alignment_layout(s_ep, e_ep, n_ep, block_size=BLOCK_M, num_valid=numel, num_experts=E,
                              expert_label="local expert",
                              title="Rank 1 of 2 (global experts 4-7 = local 0-3): remote experts' blocks get -1")
@@ -285,7 +297,10 @@ viz.alignment_layout(s_ep, e_ep, n_ep, block_size=BLOCK_M, num_valid=numel, num_
 # `moe_align_block_size` computes the same three outputs on the GPU. The work is a *counting sort*: count
 # the rows of each expert, turn the counts into group starts with a prefix sum, then send every flat id to
 # its slot. When all `numel` ids fit into one chunk — `CHUNK` ids, about 8K / `E_PAD` on a GPU: 1024 for 8
-# experts — one program does all of it in registers, in **one launch**. Above that, the ids are split into
+# experts — one program does all of it in registers, in **one launch**.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# Above that, the ids are split into
 # chunks and the sort takes three launches:
 #
 # 1. **count** — one program per chunk writes how many ids of each expert the chunk holds;
@@ -420,7 +435,10 @@ print("\n".join(lines))
 # it runs your function on a few fixed and random cases and compares the result with the library's. It
 # shows `PASS`, or the first case that went wrong — the input, what was expected, what your function
 # returned — and the likely mistake. Until you write the body, the check says *not solved yet*, and the
-# notebook still runs to the end. Worked solutions:
+# notebook still runs to the end.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# Worked solutions:
 # [solutions/05_alignment_solutions.ipynb](solutions/05_alignment_solutions.ipynb).
 
 # %% slideshow={"slide_type": "-"}
@@ -463,7 +481,8 @@ check_padded_total(padded_total)
 # comment shows how) in the interpreter on fixed and random cases inside poisoned guard buffers, and reports
 # stores outside the outputs, elements left unwritten, wrong values — with a picture of which program wrote
 # what — and the likely mistake. Until the body does something it says *not solved yet*.
-#
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # Complete `expert_histogram_kernel`: one program reads the flat ids `CHUNK` at a time and writes `counts`
 # (the ids of each expert) and `offsets` — where each expert's group starts in the aligned layout, the sum of
 # the padded counts before it, with `offsets[E]` the padded total. The outputs start as garbage.
@@ -510,6 +529,8 @@ check_scatter_sorted(scatter_sorted_kernel)
 #   order from `topk_ids`: `sorted_token_ids` (flat ids $tk + j$ grouped by expert, padding = `numel`),
 #   `expert_ids` (one per block, −1 where there is none) and `num_tokens_post_padded`.
 # * By hand it is a counting sort: `bincount`, round up to blocks, exclusive prefix sum, stable sort, scatter.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # * Buffers are sized for the worst case, `numel + E (BLOCK_M − 1)`, so that no size depends on data: no
 #   host sync, and CUDA graphs can replay the layer. Programs past `num_tokens_post_padded` return early.
 # * Padding wastes most rows at tiny $M$ — cheap there, the layer is memory-bound — and a fraction

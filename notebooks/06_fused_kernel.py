@@ -20,7 +20,8 @@
 # that each belong to one expert. Now the arithmetic. `moe_lib.kernels.fused_moe.fused_moe_kernel` is a
 # **grouped GEMM**: one launch multiplies every block of rows by its own expert's weights. Its grid has
 # one program per output tile — a (row block, column block) pair — and each program
-#
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # 1. reads its block's flat ids from `sorted_token_ids` and **gathers** the matching rows of A;
 # 2. picks its expert's weight matrix B through the **expert stride**;
 # 3. loops over K, accumulating a `BLOCK_M × BLOCK_N` tile in fp32;
@@ -141,6 +142,8 @@ show_source(textbook_moe_kernel)
 #   passes $2^{31}$ at large $M$.
 # * **The expert** of the whole block comes from `expert_ids[pid_m]`; −1 (a block past the last expert's
 #   rows) writes nothing.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # * **A** is gathered: row `flat_id // TOP_K_DIV` (the token in GEMM1, the (token, slot) row in GEMM2).
 #   **B** is one expert's slice, reached through `stride_be` and read as $(K, N)$.
 # * **The K loop** accumulates in fp32 with masked loads: a ragged K tail reads zeros. In GEMM1 (`GATED`) the
@@ -225,7 +228,7 @@ print(verdict("tile by hand vs the kernel's act[flat ids, columns]", tile, act[f
 # weights, and **scattered** its result to 10 rows of `act` — the rows named by the flat ids, so `act` is
 # already in (token, slot) order and nobody has to un-sort it.
 
-# %% slideshow={"slide_type": "-"}
+# %% slideshow={"slide_type": "-"} alt="Three panels for one program of the fused kernel: the scattered token rows of hidden_states it gathers, the gate and up rows of one expert's w13 it reads, and the 10 scattered rows of act it writes."
 viz.fused_tile_gather(flat_ids.cpu(), top_k=K, num_tokens=M, hidden=H, inter=I, expert=e,
                               col_start=pid_n * BN, block_n=BN)
 
@@ -271,7 +274,10 @@ print(verdict("fused_experts, w13 stored transposed vs contiguous", out_t, out_c
 # The grid is one-dimensional: program `pid` must work out its (row block, column block) itself. The
 # obvious order is row-major — all column blocks of row block 0, then row block 1, … — but a GPU runs a
 # whole *wave* of programs at once (one or more per multiprocessor, 132 of them on an H100), and in
-# row-major order that wave touches a few row blocks of A and *every* column block of B. Grouping
+# row-major order that wave touches a few row blocks of A and *every* column block of B.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# Grouping
 # `GROUP_SIZE_M` row blocks together and walking down them column by column makes the programs in flight
 # share B tiles (and A tiles) through the L2 cache. The kernel hands each program's tile index to a small
 # helper, `grouped_tile` (the number of row blocks, `num_pid_m`, counts only the blocks that hold tokens):
@@ -303,7 +309,7 @@ maps = {f"GROUP_SIZE_M = {g}": program_ids(10, 6, g) for g in (1, 4)}
 for name, grid in maps.items():
     print(f"{name}: every tile computed exactly once:", torch.equal(grid.flatten().sort().values, torch.arange(60)))
 
-# %% slideshow={"slide_type": "subslide"}
+# %% slideshow={"slide_type": "subslide"} alt="Two 10 by 6 grids of output tiles numbered by the program that computes each: with GROUP_SIZE_M 1 the programs sweep row by row, with GROUP_SIZE_M 4 they sweep down groups of 4 row blocks."
 viz.tile_program_ids(maps, title="Program id of each tile (10 x 6 tiles)")
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
@@ -391,7 +397,10 @@ print(verdict("step by step vs moe_reference(fp64=True)", out_steps, oracle))
 # each slot's row into its token's row (`tl.atomic_add`, with `c_rows_div = top_k` mapping flat id
 # $t k + j$ to row $t$), saving a write and a read of the $(Mk, H)$ `partial`. The two slots of a token are
 # in different experts' blocks, so different programs add them, in whatever order those finish — and
-# floating-point addition depends on the order. With **two** terms it cannot show: $0 + a = a$ exactly and
+# floating-point addition depends on the order.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# With **two** terms it cannot show: $0 + a = a$ exactly and
 # $a + b = b + a$. With three it can, as bf16 shows with $1 + 2^{-8} + 2^{-8}$ (a tie at $1 + 2^{-8}$ rounds
 # back to $1$):
 
@@ -402,7 +411,7 @@ print("two terms,   both orders:", [((zero + p) + q).item() for p, q in ((a, b),
 print("three terms, two orders: ", [(((zero + p) + q) + r).item() for p, q, r in ((a, b, c), (b, c, a))])
 print("fused_experts (sum in GEMM2) equals the step-by-step sum bit for bit:", torch.equal(out_contig, out_steps))
 
-# %% [markdown] slideshow={"slide_type": "-"}
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # So the fused sum is used for `top_k` ≤ 2 only; with more slots the separate pass (a fixed order) stays.
 # Where an expert lives on another rank, its slot adds nothing, and the cleared row keeps the right value.
 # (The interpreter has no bf16 atomics: there, bf16 keeps the separate pass too.)
@@ -446,7 +455,10 @@ for m in (64, 4096):
 # (`moe_lib.kernels.experts.make_plan`, taken apart in notebook 07) with a configuration from the tables
 # (`moe_lib.kernels.configs`: a tuned table on a GPU when one exists, a heuristic otherwise). A tuned configuration may
 # give GEMM2 its own tile sizes under the key `"down"` — GEMM2 has another shape ($N = H$, no gate/up pair) —
-# but never its own `BLOCK_SIZE_M`: both GEMMs walk the same aligned blocks. `fused_moe` runs the Triton
+# but never its own `BLOCK_SIZE_M`: both GEMMs walk the same aligned blocks.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# `fused_moe` runs the Triton
 # routing first (notebook 03). Both against the fp64 oracle, for several batch sizes:
 
 # %% slideshow={"slide_type": "-"}
@@ -507,7 +519,8 @@ print(verdict("HF MixtralSparseMoeBlock vs fp64 oracle", hf_out, oracle))
 # time. If a token's output depended on its neighbours, greedy decoding would not be reproducible, and a
 # request would get different text depending on the traffic around it. vLLM needs a special mode for this
 # (its batch-invariant kernels, slower). `moe_lib`'s MoE layer has it by default, and keeps it on purpose:
-#
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # > a token's output row is **bitwise** the same alone (one token: the decode layout, no alignment kernel) and
 # > inside a batch of any size — whatever tile, layout (TMA or not), split tail, or tuned-table row the plan
 # > picks for that size — and two calls with the same inputs give the same bits.
@@ -566,7 +579,7 @@ print("gate logits of token 0, alone vs in a batch of 130: "
       + ("bitwise equal" if torch.equal(one_row, in_batch) else
          f"differ by up to {(one_row - in_batch).abs().max().item():.1e}"))
 
-# %% [markdown] slideshow={"slide_type": "-"}
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # The rule for future speed-ups follows: anything that would change a row's arithmetic with the batch —
 # split-K, a reduction across tokens, more than two atomic terms per output — may only come as a `make_plan`
 # keyword that is off by default (a tripwire test lists every keyword).
@@ -577,7 +590,10 @@ print("gate logits of token 0, alone vs in a batch of 130: "
 # Here the kernels ran in the Triton interpreter, which executes each program with numpy — right answers,
 # no speed. On a GPU the same source is compiled. If this machine has one, the next cell checks the kernel
 # live on a Mixtral-sized layer (TP = 8: $H = 4096$, $I = 14336/8 = 1792$, bf16) and times it; otherwise it
-# says so, and the cells after it show results recorded on GPUs. (The unit tests run there as well, on
+# says so, and the cells after it show results recorded on GPUs.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# (The unit tests run there as well, on
 # Mixtral's shapes in bf16 and with up to $M = 100\,000$ tokens, where the int64 offsets of section 3
 # matter; `data/README.md` records their results.)
 
@@ -616,9 +632,11 @@ else:
 # shapes in bf16, at tensor-parallel degrees 1–8 (each rank holds $I/\mathrm{tp}$ of every expert), and
 # writes one JSON file per GPU into `data/bench/`. Next to `moe_lib` it times two peers: `grouped_mm`
 # (PyTorch's grouped GEMM over expert-sorted rows) and `loop` (one matmul pair per expert, like
-# transformers). The *floor* is the time the touched experts' weight bytes take at the card's measured
-# copy bandwidth, or the FLOPs at its measured matmul rate, whichever is larger (notebook 04).
-# `data/README.md` records how each file was made (for instance, with tuned or with default configurations).
+# transformers).
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# The *floor* is the time the touched experts' weight bytes take at the card's measured
+# copy bandwidth, or the FLOPs at its measured matmul rate, whichever is larger (notebook 04). `data/README.md` records how each file was made (for instance, with tuned or with default configurations).
 
 # %% slideshow={"slide_type": "-"}
 REPO = Path(moe_lib.__file__).resolve().parent.parent
@@ -633,7 +651,7 @@ for path, run in zip(bench_files, runs):
     print(f"  ceilings: copy {c['copy_TBps']:.2f} TB/s, bf16 matmul {c['matmul_TFLOPs']:.0f} TFLOP/s")
     print(f"  method: {run['method']}")
 
-# %% slideshow={"slide_type": "subslide"}
+# %% slideshow={"slide_type": "subslide"} alt="Log-log plot of recorded layer latency against tokens for moe_lib, grouped_mm and a per-expert loop, with the weight-bytes or FLOPs floor dashed, at TP 1 and TP 8."
 viz.latency_vs_tokens(runs, tps=(1, 8)) if runs else None
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
@@ -668,7 +686,10 @@ for run in runs:
 # it runs your function on a few fixed and random cases and compares the result with the library's. It
 # shows `PASS`, or the first case that went wrong — the input, what was expected, what your function
 # returned — and the likely mistake. Until you write the body, the check says *not solved yet*, and the
-# notebook still runs to the end. Worked solutions:
+# notebook still runs to the end.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# Worked solutions:
 # [solutions/06_fused_kernel_solutions.ipynb](solutions/06_fused_kernel_solutions.ipynb).
 
 # %% slideshow={"slide_type": "-"}
@@ -714,7 +735,8 @@ check_b_offsets(b_offsets)
 # comment shows how) in the interpreter on fixed and random cases inside poisoned guard buffers, and reports
 # stores outside the outputs, elements left unwritten, wrong values — with a picture of which program wrote
 # what — and the likely mistake. Until the body does something it says *not solved yet*.
-#
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # Complete `moe_tile_kernel`: one block of `BLOCK_M` aligned rows (`row_ids`, flat ids, padding slots hold
 # `num_valid`) times expert `expert`'s weight, `BLOCK_N` columns per program. Row `f` of C is
 # `a[f // TOP_K] @ b[expert].T`; rows of other tiles stay untouched. Accumulate `tl.dot` in fp32 over `BLOCK_K`
@@ -785,6 +807,8 @@ check_grouped_gemm(grouped_gemm_kernel)
 #   flat ids gather the rows of A (`flat_id // top_k` in GEMM1) and its single expert selects B through the
 #   expert stride; the K loop accumulates in fp32; the tile is stored at the rows named by the flat ids.
 # * Programs past `num_tokens_post_padded` return at once; an expert id of −1 stores zeros.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # * `GROUP_SIZE_M` reorders programs so that a wave shares operand tiles in L2; it changes the order,
 #   never the result.
 # * GEMM1's epilogue computes SiLU-and-mul — gate column $n$ and up column $n + I$ share the A tile — so

@@ -18,7 +18,10 @@
 #
 # Notebook 06 built a kernel that computes the right answer. This one asks how fast it is, and how fast it
 # *could* be. A time means little on its own: 900 µs is excellent if no implementation can do better than
-# 880 µs and poor if one could do 300. So we first derive the **floor** — the least time any implementation
+# 880 µs and poor if one could do 300.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# So we first derive the **floor** — the least time any implementation
 # could take on a given card — and read every measurement as a share of it.
 #
 # 1. **The floor**: bytes over bandwidth, FLOPs over the matmul rate.
@@ -93,9 +96,11 @@ print(f"  the reference: {ref['source']}; {ref['what']}")
 # $$
 #
 # On one of $tp$ ranks an expert is $w_1$, $w_3$ ($I/tp \times H$ each) and $w_2$ ($H \times I/tp$) in bf16,
-# 2 bytes a value; each of the $Mk$ (token, slot) rows does $3 H \cdot I/tp$ multiply-adds. With uniform routing
-# $M$ tokens touch $E\,(1 - (1 - k/E)^M)$ experts on average: 2 for one token, nearly all 8 from $M = 16$.
-# Both rates are the card's **ceilings**, measured in the same run: a 1 GiB device-to-device copy (bytes read
+# 2 bytes a value; each of the $Mk$ (token, slot) rows does $3 H \cdot I/tp$ multiply-adds.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# With uniform routing
+# $M$ tokens touch $E\,(1 - (1 - k/E)^M)$ experts on average: 2 for one token, nearly all 8 from $M = 16$. Both rates are the card's **ceilings**, measured in the same run: a 1 GiB device-to-device copy (bytes read
 # *plus* written) and an $8192^3$ bf16 matmul. By hand, for TP = 8 on the recorded H200:
 
 # %% slideshow={"slide_type": "-"}
@@ -127,7 +132,10 @@ print(verdict("floor by hand vs moe_lib.perf.floors.floor_us, every (TP, M)", ha
 # unavoidable work. The benchmark stores each point's floor (`floor_us`) for the routing it actually replayed
 # (`experts_touched`: at $M = 2$ a batch touches 2, 3 or 4 experts, not 3.75). Two caveats: the copy ceiling
 # counts bytes read and written, and a GEMM mostly reads, so a good kernel can land slightly *above* 100 %;
-# and the floor assumes memory and compute overlap perfectly. The floor at every $M$, at TP = 1:
+# and the floor assumes memory and compute overlap perfectly.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# The floor at every $M$, at TP = 1:
 
 # %% slideshow={"slide_type": "-"}
 print(f"{'M':>5} {'experts':>8} {'FLOP/byte':>10} {'memory µs':>10} {'compute µs':>11} {'floor µs':>9}  bound")
@@ -142,7 +150,7 @@ for m in M_VALUES:
 # experts) and the floor **stays flat while $M$ grows a hundredfold**, until the compute floor takes over and
 # grows linearly. Both terms shrink as $1/tp$: tensor parallelism gives each rank a slice of every expert.
 
-# %% slideshow={"slide_type": "-"}
+# %% slideshow={"slide_type": "-"} alt="Log-log plot of the latency floor against tokens for TP 1, 2, 4 and 8: flat while weights dominate, then rising linearly once compute dominates."
 viz.floor_vs_tokens(ceilings, token_counts=list(M_VALUES), tps=list(TP_VALUES))
 
 # %% [markdown] slideshow={"slide_type": "slide"}
@@ -150,13 +158,16 @@ viz.floor_vs_tokens(ceilings, token_counts=list(M_VALUES), tps=list(TP_VALUES))
 #
 # The layer's **arithmetic intensity** — FLOPs per byte of expert weights — is $Mk/\text{touched}$: 1 at
 # $M = 1$, growing as $M/4$ once every expert is touched. The card's **ridge point** is the matmul rate over
-# the bandwidth: below it the layer is memory-bound, above it compute-bound. A roofline plots each point at
+# the bandwidth: below it the layer is memory-bound, above it compute-bound.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# A roofline plots each point at
 # its intensity against the FLOP rate it achieved, under the roof $\min(\text{rate}, \text{bandwidth} \times
 # \text{intensity})$; a point on the roof runs at its floor, and the gap below the roof is the share of the
 # floor it misses. `moe_lib` is blue, its peers in the same run (`grouped_mm`: PyTorch's grouped GEMM; `loop`:
 # one matmul pair per expert, like transformers) green and red, vLLM black crosses.
 
-# %% slideshow={"slide_type": "-"}
+# %% slideshow={"slide_type": "-"} alt="Roofline plot: achieved FLOP rate against arithmetic intensity under the bandwidth and matmul ceilings, moe_lib in blue, peers in green and red, vLLM as black crosses."
 ridge_m = viz.ridge_tokens(ceilings)
 print(f"ridge: {matmul_rate / 1e12:.0f} TFLOP/s / {bandwidth / 1e12:.2f} TB/s = "
       f"{matmul_rate / bandwidth:.0f} FLOP/byte, "
@@ -209,6 +220,8 @@ print(f"\nwith the sum over k as a separate pass (M = 4096): {' -> '.join(separa
 #   alignment kernel runs: the int32 ids are already the expert ids of its blocks.
 # * **PDL**, programmatic dependent launch (one token): Hopper launches each kernel while the one before is
 #   finishing, and the kernel waits for its predecessor's writes; the launch gaps shrink, the bits do not change.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # * **Atomic k-sum** (top-2): GEMM2 adds each slot's row into a cleared output. $0 + a + b$ rounds the same in
 #   either order, so the result stays deterministic; the separate pass and its $(Mk, H)$ buffer disappear.
 # * **TMA layout** (large $M$): the tokens are copied once into sorted order (`gather`), so every tile is a
@@ -219,7 +232,7 @@ print(f"\nwith the sum over k as a separate pass (M = 4096): {' -> '.join(separa
 # * **Tuned tiles**, per GEMM: `python -m moe_lib.perf.tune` timed a space of tile shapes per $(N, M)$ and
 #   kept the fastest, separately for GEMM1 and GEMM2; below, against the default heuristic's tiles at TP = 8:
 
-# %% slideshow={"slide_type": "-"}
+# %% slideshow={"slide_type": "-"} alt="Three panels of tile sizes against tokens per call at TP 8: BLOCK_SIZE_M, BLOCK_SIZE_N and BLOCK_SIZE_K of the default heuristic next to the tuned values for GEMM1 and GEMM2."
 tuned = load_config_table(E, I // 8, run["gpu"])
 heuristic = {m: default_config(m, E, I // 8, H, K, interpret=False) for m in tuned}
 viz.tile_shapes(heuristic, tuned,
@@ -229,7 +242,10 @@ viz.tile_shapes(heuristic, tuned,
 # Where the tuned tiles differ from the heuristic's, the floor arithmetic explains why. At small $M$ each expert
 # owns a single row block, so column blocks are all a batch has to spread over 132 multiprocessors, and a
 # memory-bound kernel needs many loads in flight: narrower tiles (more programs) and deeper ones (bigger loads)
-# often win. At large $M$ a bigger tile does more FLOPs per byte it moves into shared memory, which is what a
+# often win.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# At large $M$ a bigger tile does more FLOPs per byte it moves into shared memory, which is what a
 # compute-bound batch needs; GEMM2, whose output is $H = 4096$ wide at every TP, often takes 256-wide tiles.
 
 # %% [markdown] slideshow={"slide_type": "slide"}
@@ -296,6 +312,8 @@ print(f"noise, same code on two machines ({len(noise)} points): median {statisti
 #   layout came in the same step and is part of this row.
 # * **The TMA layout** pays at the largest batches, where the GEMMs are most of the call and GEMM1 repeated the
 #   pointer gather for each of its column blocks.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # * **The atomic k-sum** replaces a pass that reads and writes the $(Mk, H)$ partial rows by a clear of the
 #   $(M, H)$ output: the first column above.
 # * **The split tail** acts on GEMM1 and GEMM2 at large $M$ when the last wave is sparse; read its gain in the
@@ -405,10 +423,10 @@ print("slower than vLLM at:", ", ".join(f"TP {tp} M {m} (+{ours[(tp, m)] / vllm[
 # The same comparison as latency against $M$ (the floor dashed, the peers of our run included), then as shares
 # of the floor:
 
-# %% slideshow={"slide_type": "-"}
+# %% slideshow={"slide_type": "-"} alt="Log-log plot of layer latency against tokens for moe_lib and vLLM at each TP, with the floor dashed."
 viz.latency_vs_reference(run, ref)
 
-# %% slideshow={"slide_type": "subslide"}
+# %% slideshow={"slide_type": "subslide"} alt="Plot of the share of the floor reached against tokens for moe_lib and vLLM at each TP: high and flat at small M, a dip near the ridge, partial recovery beyond."
 viz.floor_fraction({f"moe_lib, {run['gpu']}": run}, reference=ref)
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
@@ -417,7 +435,7 @@ viz.floor_fraction({f"moe_lib, {run['gpu']}": run}, reference=ref)
 # GEMMs that ramp up and wind down, each launch waiting for the previous one. It does not shrink with $tp$ while
 # the floor does, so it weighs most at TP = 8:
 
-# %% slideshow={"slide_type": "-"}
+# %% slideshow={"slide_type": "-"} alt="Bars of microseconds per layer call at one token for TP 1, 2, 4 and 8: the floor in grey and moe_lib's time above it in blue, a few microseconds at every TP, with vLLM's time marked for reference."
 viz.time_above_floor(run, m=1, reference=ref)
 
 # %% [markdown] slideshow={"slide_type": "slide"}
@@ -425,11 +443,14 @@ viz.time_above_floor(run, m=1, reference=ref)
 #
 # Past the ridge the comparison is the dense $8192^3$ matmul that set the ceiling. But that ceiling is timed
 # over about 30 ms, while each large-$M$ bench point runs for a few hundred: long enough for the card to reach
-# its power cap (700 W on an H100 SXM and an H200) and lower its clock to stay under it. The last H100 run logged
+# its power cap (700 W on an H100 SXM and an H200) and lower its clock to stay under it.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# The last H100 run logged
 # clock and power all along (`bench --power-log`); the shaded spans are its $M = 4096$ points, red samples are
 # held to the power limit. It also timed the matmul the way it times the layer (`matmul_sustained_TFLOPs`).
 
-# %% slideshow={"slide_type": "-"}
+# %% slideshow={"slide_type": "-"} alt="Trace of GPU clock and power over an H100 benchmark run, the M 4096 points shaded, samples held at the 700 W power cap in red."
 h100 = load(HISTORY / "NVIDIA_H100_80GB_HBM3.json")
 viz.power_trace(h100, read_power_log(HISTORY / "power_NVIDIA_H100_80GB_HBM3.csv"))
 
@@ -488,6 +509,8 @@ check_decode_floor(decode_floor_us)
 #   FLOPs over the matmul rate. The bytes saturate by $M \approx 16$, so the floor is flat up to the **ridge**,
 #   where compute takes over.
 # * A **roofline** shows every point against both limits; the gap under the roof is the missing share of the floor.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # * One **plan** holds every decision of a call — tiles, decode or aligned layout, TMA, how the sum over $k$ is
 #   made, split tail, PDL — and is computed from shapes alone, so a CPU can show what an H200 runs.
 # * Each production change was measured before and after, against the noise of two machines: tuned tiles at

@@ -20,7 +20,8 @@
 # expert parameters, 90 GB in bf16 — more than one 80 GB GPU holds. Speed argues the same way: at small
 # batch sizes a layer costs what *reading its weights* costs (notebook 04's floor), so spreading the
 # weights over $tp$ GPUs, each reading $1/tp$ of them at the same time, divides that floor by $tp$.
-#
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # **Tensor parallelism** (TP) is how vLLM splits Mixtral's experts: every rank (one process, one GPU) holds
 # **every** expert, but only a $1/tp$ slice of each one's intermediate dimension $I$. Each rank runs the
 # very same fused kernel of notebook 06 on its slice and gets a *partial* output; one **all-reduce** — a
@@ -74,6 +75,8 @@ E, K, H, I = TINY.num_experts, TINY.top_k, TINY.hidden_size, TINY.intermediate_s
 #   **column-parallel**: in $x W^\top$ these rows are columns.) Rank $r$ can compute its slice of the
 #   activation, $h_r = \mathrm{silu}(W_1[I_r]\,x) \odot W_3[I_r]\,x$, **alone**, because SiLU and the
 #   product act element by element;
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # * the columns $I_r$ of $W_2$ — the *input* features of the second GEMM (**row-parallel**). Its product
 #   $W_2[:, I_r]\,h_r$ is a partial sum, and
 #
@@ -119,6 +122,8 @@ print("silu(a) + silu(b)    :", silu(a) + silu(b))
 # The rest of the layer is linear in the expert outputs: each token's output is
 # $\sum_j w_{t,j}\, y_{e_{t,j}}$, a weighted sum over its $k$ experts. A sum over ranks can be moved through
 # a weighted sum, so **the whole layer** is the sum over ranks of the layer computed on each rank's slice.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # The router is tiny ($E \times H$) and **replicated**: every rank computes all logits itself and routes
 # every token identically, without talking to anyone.
 
@@ -142,7 +147,7 @@ rows = slice(part, 2 * part)  # rank 1's slice
 print("rank 1's w13 = [w1 rows 32..63; w3 rows 32..63]:",
       torch.equal(shard_w13(w13, tp, 1), torch.cat([w13[:, :I][:, rows], w13[:, I:][:, rows]], dim=1)))
 
-# %% slideshow={"slide_type": "subslide"}
+# %% slideshow={"slide_type": "subslide"} alt="One expert's weights split over 4 tensor-parallel ranks: the gate rows w1 and the up rows w3 of w13 are each cut into 4 row blocks, one per rank, and w2 into 4 column blocks."
 viz.tp_shards(H, I, tp)
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
@@ -300,7 +305,7 @@ except TimeoutError as err:
 # rank sends (and receives) $2\,(tp - 1)/tp$ of it — one tensor's worth at $tp = 2$, approaching two for
 # large $tp$:
 
-# %% slideshow={"slide_type": "-"}
+# %% slideshow={"slide_type": "-"} alt="Ring all-reduce of the layer output in KiB per token against tensor-parallel size 1 to 8: what each rank sends rises towards twice the output, what all ranks send together grows linearly."
 viz.allreduce_traffic(mix.hidden_size, [1, 2, 4, 8])
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
@@ -352,7 +357,7 @@ for path, run in zip(bench_files, runs):
         print(f"{rec['tp']:>4} {rec['M']:>5} {rec['kernel_us']:>10.1f} {rec['allreduce_us']:>14.1f} "
               f"{rec['total_us']:>9.1f} {speed:>9}  {ok}")
 
-# %% slideshow={"slide_type": "subslide"}
+# %% slideshow={"slide_type": "subslide"} alt="Recorded NCCL runs: bars of microseconds per layer call at 1, 64 and 4096 tokens for TP 1, 2 and 4, split into kernel and all-reduce time, with each run's speed-up over its TP 1 baseline."
 viz.parallel_bench(runs) if runs else None
 
 # %% [markdown] slideshow={"slide_type": "slide"}
@@ -361,7 +366,10 @@ viz.parallel_bench(runs) if runs else None
 # Two short exercises: shard the weights by hand. Each is a function for you to complete, followed in the
 # same cell by a check that runs it on a few fixed cases (small labelled tensors, so a wrong row shows where
 # it came from) and compares with the library's answer. It shows `PASS`, or the first case that went wrong
-# — the input, what was expected, what your function returned — and the likely mistake. Until you write
+# — the input, what was expected, what your function returned — and the likely mistake.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# Until you write
 # the body the check says *not solved yet*, and the notebook still runs to the end. Worked solutions:
 # [solutions/08_tensor_parallel_solutions.ipynb](solutions/08_tensor_parallel_solutions.ipynb).
 
@@ -405,7 +413,8 @@ check_shard_w2(my_shard_w2)
 # shows how) in the interpreter on fixed and random cases inside poisoned guard buffers, and reports stores
 # outside the output, elements left unwritten, wrong values — with a picture of which program wrote what — and
 # the likely mistake. Until the body does something it says *not solved yet*.
-#
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # Complete `tp_sum_kernel`: what the all-reduce computes — `out[m, h]`, the sum over the `TP` ranks of
 # `partials[r, m, h]`, added in rank order into an fp32 accumulator and rounded once to `out`'s dtype; one
 # (`BLOCK_M`, `BLOCK_H`) tile per program. Ranks are `stride_pr` elements apart and rows `stride_pm`: the
@@ -438,6 +447,8 @@ check_tp_partial_sum(tp_sum_kernel)
 # * The local `w13` is $[W_1 \text{ shard}; W_3 \text{ shard}]$ — two cuts, not one block of rows — so the
 #   fused kernel runs unchanged on a shard.
 # * The router is replicated: every rank routes every token the same way, without communication.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # * The simulation (`simulate_tp`) and real gloo processes (`run_tp`) both reproduce the single-process
 #   layer to fp32 rounding; a ring all-reduce sends $2(tp-1)/tp$ of the output per rank.
 # * The launcher never hangs: a failing rank's traceback surfaces at once, collectives and the launch

@@ -19,7 +19,10 @@
 # Tensor parallelism (notebook 08) gives every rank a slice of every expert. **Expert parallelism** (EP)
 # gives every rank a share of the experts — whole ones. A rank holds $E/ep$ experts at full width, so its
 # GEMMs are as wide as on one GPU, and the `expert_map` of notebook 05 tells the fused kernel which of the
-# routed (token, slot) rows are its own. As with TP, each rank produces a partial output — zeros for the
+# routed (token, slot) rows are its own.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# As with TP, each rank produces a partial output — zeros for the
 # rows of experts held elsewhere — and an all-reduce sums them into the layer's output.
 #
 # The catch is that a rank's work now depends on **routing**. If many tokens prefer a few experts, the
@@ -80,7 +83,7 @@ for ep in (2, 3, 4, 8):
 for rank in range(3):
     print(f"ep = 3, rank {rank}: expert_map = {expert_map(E, 3, rank).tolist()}")
 
-# %% slideshow={"slide_type": "subslide"}
+# %% slideshow={"slide_type": "subslide"} alt="Placement of 8 experts on 3 ranks: experts 0 to 2 on rank 0, 3 to 5 on rank 1, 6 and 7 on rank 2, the remainder going to the lowest ranks."
 viz.expert_placement(torch.arange(E), 3, title="Plain placement: 8 experts on 3 ranks")
 
 # %% [markdown] slideshow={"slide_type": "slide"}
@@ -131,7 +134,7 @@ print(f"max / mean = {imbalance(loads):.2f}")
 # that has learned which experts handle that domain sends most of it there. We model that with one
 # direction $u$: every token leans along $u$, and the router rows of experts 0 and 1 align with it.
 
-# %% slideshow={"slide_type": "-"}
+# %% slideshow={"slide_type": "-"} alt="Bar chart of skewed expert load: experts 0 and 1 receive far more slots than the balanced share, the others fewer."
 u = randn(H, generator=seeded(7))
 u /= u.norm()  # (H,) the shared direction
 skewed_gate = gate.weight.detach().clone()  # (E, H)
@@ -174,6 +177,8 @@ print(f"plain EP = 4, fresh batch: rows per rank {plain.tolist()}, max / mean {i
 #
 # 1. **how many copies** — every expert has one; each of the $R$ extra copies goes to the expert with the
 #    largest load *per copy* so far (`replica_counts`);
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # 2. **where** — the $E + R$ copies, heaviest first, each to the least-loaded rank with a free slot that
 #    does not already hold that expert; then swaps of two copies between two ranks, while a swap lowers
 #    the busier rank's load;
@@ -200,20 +205,20 @@ for rank in range(4):
 # %% slideshow={"slide_type": "-"}
 show_source(EplbPlan.choose_replicas)
 
-# %% slideshow={"slide_type": "subslide"}
+# %% slideshow={"slide_type": "subslide"} alt="EPLB with 4 redundant copies on 4 ranks: a grid of local slots per rank, each labelled with its logical expert and its rows on the fresh batch; hatched slots are copies of the hot experts."
 phys_skew = plan.choose_replicas(ids_skew)  # (M, k) physical ids
 for t in range(4):
     print(f"token {t}: logical {ids_skew[t].tolist()} -> physical {phys_skew[t].tolist()}")
 print("every physical expert is a copy of the chosen logical one:",
       torch.equal(plan.phys_to_log[phys_skew.long()], ids_skew.long()))
 
-# %% slideshow={"slide_type": "subslide"}
+# %% slideshow={"slide_type": "subslide"} alt="EPLB with 4 redundant copies on 4 ranks: a grid of local slots per rank, each labelled with its logical expert and its rows on the fresh batch; hatched slots are copies of the hot experts."
 phys_fresh = plan.choose_replicas(ids_fresh)
 per_physical = torch.bincount(phys_fresh.flatten().long(), minlength=plan.num_physical)  # (P,) rows
 viz.expert_placement(plan.phys_to_log, 4, num_logical=E, loads=per_physical,
                               title="EPLB, R = 4 (copies hatched): logical expert, rows on the fresh batch")
 
-# %% slideshow={"slide_type": "subslide"}
+# %% slideshow={"slide_type": "subslide"} alt="Bar chart of rows per rank on 4 ranks for a fresh batch: plain expert parallelism is very uneven, EPLB with redundant experts nearly balanced."
 balanced = rank_loads(phys_fresh, plan.owner, 4)
 viz.rank_loads({"plain EP": plain, f"EPLB, R = {R}": balanced},
                         title="Fresh batch of 1024 tokens, EP = 4: rows per rank")
@@ -233,14 +238,17 @@ print("R              :", redundancy)
 for name, values in sweep.items():
     print(f"{name:15s}:", [round(v, 2) for v in values])
 
-# %% slideshow={"slide_type": "subslide"}
+# %% slideshow={"slide_type": "subslide"} alt="Plot of max over mean rank load against the number of redundant experts, on the planning batch and a fresh batch: imbalance falls as copies are added."
 viz.imbalance_vs_redundancy(redundancy, sweep, title="EPLB on 4 ranks: max / mean rank load")
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # Already $R = 0$ helps — the plan only *places* the 8 experts better, putting the two hot ones on
 # different ranks. Copies then shave off the rest. The curve is not smooth: when $E + R$ is not a multiple
 # of the number of ranks, the ranks have unequal numbers of slots, and loads come in lumps of whole
-# copies. The fresh batch tracks the calibration batch closely because both come from the same
+# copies.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# The fresh batch tracks the calibration batch closely because both come from the same
 # distribution; when the traffic drifts, a real system re-plans from recent statistics and moves weights.
 
 # %% [markdown] slideshow={"slide_type": "slide"}
@@ -293,6 +301,8 @@ print("EP=4, EPLB :", rank_loads(phys_skew, plan.owner, 4).tolist() == results[2
 #   all-reduce sums the partial outputs. The result is bit-identical to one process.
 # * A rank's work is the number of rows routed to its experts. Skewed routing makes some ranks much busier
 #   than others, and the layer runs at the pace of the busiest.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # * EPLB plans from observed loads: redundant copies for hot experts, placed to even out the ranks, and a
 #   deterministic per-row choice of copy (round robin within the batch). It changes where rows are
 #   computed, never what is computed.

@@ -27,7 +27,8 @@
 # \xrightarrow{\ \text{fused\_experts}\ } (M, H)
 # \xrightarrow{\ \text{all-reduce over TP ranks}\ } (\dots, H).
 # $$
-#
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # A layer is only as good as the weights in it, so the notebook then reads them the way a server does —
 # one layer at a time, straight out of a Hugging Face safetensors checkpoint — and finally swaps our layer
 # into a whole transformers Mixtral: same logits, same generated tokens.
@@ -77,7 +78,10 @@ print(f"\n{config['num_hidden_layers']} layers, E = {E} experts, top_k = {K}, H 
 # A safetensors file is a small JSON **header** — each tensor's name, dtype, shape and byte range — followed
 # by the raw bytes. `checkpoint.open_checkpoint` reads only the headers (of every shard) to learn which tensor
 # lives where. Reading a tensor later memory-maps its byte range and nothing else, so a server can load
-# layer 17 of a 93 GB model without touching the rest. And there is no code in the file: unlike the older
+# layer 17 of a 93 GB model without touching the rest.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# And there is no code in the file: unlike the older
 # pickle-based `pytorch_model.bin`, opening it cannot run anything — `moe_lib.checkpoint` refuses pickles.
 #
 # Here are layer 0's MoE tensors, under the names every Mixtral checkpoint uses:
@@ -221,7 +225,7 @@ print(verdict("w13 after three failed loads vs before", moe.w13, before))
 # columns of `w2`. `load_weights` does the cutting with `moe_lib.parallel.shard_w13` / `shard_w2` from the
 # full checkpoint tensors, so every rank reads the same files:
 
-# %% slideshow={"slide_type": "-"}
+# %% slideshow={"slide_type": "-"} alt="Diagram of the layer's weights cut for 2 tensor-parallel ranks: each rank holds half of w1, half of w3 and the matching half of w2's columns."
 viz.shard_layout(I, 2)
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
@@ -317,7 +321,7 @@ print("\nidentical to HF:", torch.equal(ours_gen, hf_gen), "| identical to golde
 # `record_routing(layers)` collects, for every forward call of each layer, the very `(topk_weights, topk_ids)`
 # the layer routed with. One pass over a 48-token sequence:
 
-# %% slideshow={"slide_type": "-"}
+# %% slideshow={"slide_type": "-"} alt="Expert usage over a 48-token sequence with top-2: for each layer a heatmap of routing weight by expert and position, and bars of each expert's share of slots against the balanced share."
 sequence = torch.randint(0, config["vocab_size"], (1, 48), generator=seeded(7))  # (1, T)
 with record_routing(layers) as log, torch.no_grad():
     model(sequence)
@@ -332,6 +336,8 @@ viz.expert_usage(routing, E)
 # from layer to layer: there is no "expert for this sequence". The load is uneven even in this random model —
 # in layer 1 one expert takes 30 of the 96 slots and another 2 — which is what the expert-parallel balancing
 # of notebook 09 is about.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # (The same sequence goes to different experts in layer 0 and layer 1 because each layer has its own router.)
 
 # %% [markdown] slideshow={"slide_type": "slide"}
@@ -342,6 +348,8 @@ viz.expert_usage(routing, E)
 #   the ranks' partials.
 # * Checkpoints store one matrix per expert (`w1`, `w2`, `w3`); transformers 5 and we keep them fused. Loading
 #   is a stack per expert, then a cut per rank — `w1` and `w3` cut separately.
+
+# %% [markdown] slideshow={"slide_type": "notes"}
 # * safetensors lets a server read one layer from a huge checkpoint without unpickling anything; a careful
 #   loader checks every name and shape and commits all or nothing.
 # * Swapped into a transformers Mixtral, the layer reproduces the model's logits to fp32 rounding and its

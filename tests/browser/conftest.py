@@ -5,7 +5,10 @@ tests are skipped, so the quick suite never starts a browser.
 
 Everything the run writes lives in `.browser-test/` at the repository root (git-ignored): a copy of the
 notebooks (JupyterLab never touches the committed ones), the server's settings, runtime files and log,
-chromium's profile and caches, and the screenshots.
+chromium's profile and caches, the decks `make slides` would build, and the screenshots.
+
+The browser is offline: every request to a host other than 127.0.0.1 is aborted (and recorded, so a test can
+say that a page tried to reach the network).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -47,7 +51,10 @@ LAB_SETTINGS = {
                                                                         "checkForUpdates": False},
     "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+    # RISE's default theme ("simple") asks Google Fonts for its fonts; "white" uses fonts shipped in the bundle.
+    "jupyterlab-rise/plugin.jupyterlab-settings": {"theme": "white"},
 }
+LOCAL_HOSTS = {"127.0.0.1"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -124,10 +131,8 @@ class LabServer:
 def _prepare_workdir() -> None:
     if WORK.exists():
         shutil.rmtree(WORK)
-    if SCREENSHOTS.exists():
-        shutil.rmtree(SCREENSHOTS)
     (WORK / "notebooks").mkdir(parents=True)
-    SCREENSHOTS.mkdir(parents=True)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
         shutil.copy2(notebook, WORK / "notebooks" / notebook.name)
     settings = OUT / "lab-user-settings"
@@ -135,6 +140,14 @@ def _prepare_workdir() -> None:
         path = settings / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(values))
+
+
+@pytest.fixture(scope="session", autouse=ENABLED)
+def fresh_screenshots():
+    """The screenshots of this run only."""
+    if SCREENSHOTS.exists():
+        shutil.rmtree(SCREENSHOTS)
+    SCREENSHOTS.mkdir(parents=True)
 
 
 @pytest.fixture(scope="session")
@@ -151,6 +164,7 @@ def lab_server() -> LabServer:
         "IPYTHONDIR": str(OUT / "ipython"),
         "MPLCONFIGDIR": env.get("MPLCONFIGDIR", str(ROOT / ".venv" / "mplconfig")),
         "PYTHONDONTWRITEBYTECODE": "1",
+        "JUPYTERLAB_SETTINGS_DIR": str(OUT / "lab-user-settings"),  # RISE's own app reads its settings here
     })
     command = [
         sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
@@ -210,12 +224,33 @@ def browser():
             browser.close()
 
 
+def offline(context) -> list[str]:
+    """Abort every request of `context` to a host other than 127.0.0.1; returns the list of those it aborted."""
+    aborted: list[str] = []
+
+    def handle(route):
+        url = route.request.url
+        parts = urlsplit(url)
+        if parts.scheme in ("http", "https", "ws", "wss") and parts.hostname not in LOCAL_HOSTS:
+            aborted.append(url)
+            route.abort("internetdisconnected")
+        else:  # 127.0.0.1, file:, data:, blob:
+            route.continue_()
+
+    context.route("**/*", handle)
+    return aborted
+
+
 @pytest.fixture
 def page(browser, lab_server):
-    """A fresh page in its own context; dialogs (beforeunload after running cells) are accepted."""
+    """A fresh page in its own offline context; dialogs (beforeunload after running cells) are accepted.
+
+    `page.aborted` lists the requests to other hosts that were refused."""
     context = browser.new_context(viewport={"width": 1280, "height": 860}, device_scale_factor=1)
     context.set_default_timeout(60_000)
+    aborted = offline(context)
     page = context.new_page()
+    page.aborted = aborted
     page.on("dialog", lambda dialog: dialog.accept())
     try:
         yield page
@@ -225,3 +260,72 @@ def page(browser, lab_server):
             context.close()
         finally:
             lab_server.shutdown_kernels()
+
+
+# -- the decks of `make slides`, and the server of `make present` ------------------------------------------------------
+
+DECKS = OUT / "decks"
+
+
+@pytest.fixture(scope="session")
+def decks() -> Path:
+    """Every notebook built into a deck, as `make slides` does, in .browser-test/decks/."""
+    from moe_lib.teach import slides
+
+    if DECKS.exists():
+        shutil.rmtree(DECKS)
+    built = slides.build_decks(sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")), DECKS)
+    network = {b.source.name: w for b in built for w in b.warnings if "network" in w}
+    assert not network, network  # (alt texts and the like: tests/notebooks/test_decks.py)
+    return DECKS
+
+
+@pytest.fixture(scope="session")
+def present_server(decks) -> str:
+    """`make present`'s server (python -m moe_lib.teach.slides serve) on a free 127.0.0.1 port; its URL."""
+    port = _free_port()
+    log = OUT / "present.log"
+    with open(log, "w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moe_lib.teach.slides", "serve", "--dir", str(decks), "--port", str(port)],
+            cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=_die_with_parent)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/index.html", timeout=HTTP_TIMEOUT_S):
+                    break
+            except (urllib.error.URLError, OSError):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the deck server did not start:\n{log.read_text()[-2000:]}") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        for sig in (signal.SIGINT, signal.SIGKILL):
+            if process.poll() is not None:
+                break
+            os.killpg(process.pid, sig)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                continue
+
+
+@pytest.fixture
+def deck_page(browser):
+    """A fresh offline page for a deck; `page.aborted` (requests refused) and `page.problems` (errors) collect."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, device_scale_factor=1)
+    context.set_default_timeout(30_000)
+    aborted = offline(context)
+    page = context.new_page()
+    page.aborted = aborted
+    page.problems = []
+    page.on("pageerror", lambda error: page.problems.append(f"page error: {error}"))
+    page.on("console", lambda m: m.type == "error" and page.problems.append(f"console: {m.text}"))
+    page.on("requestfailed", lambda r: page.problems.append(f"request failed: {r.url} {r.failure}"))
+    try:
+        yield page
+    finally:
+        context.close()

@@ -227,6 +227,7 @@ def test_notebook_runs_in_jupyterlab(page, lab_server, name, record_property):
     summary = _exercise(page, lab_server, name)
     record_property("summary", json.dumps(summary))
     assert len(summary["widgets"]) == _committed_widgets(name), f"{name}: widgets {summary['widgets']}"
+    assert page.aborted == [], f"{name}: JupyterLab tried to reach the network (offline here): {page.aborted}"
 
 
 def test_widgets_gallery(page, lab_server):

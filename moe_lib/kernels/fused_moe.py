@@ -382,6 +382,11 @@ def invoke_fused_moe_kernel(
     at once) adds up to num_sms / 2 programs for half-width tiles of a sparse last wave. FP8: ``scales`` 1 (per
     tensor: ``a_scale`` one value, ``b_scale`` (E,)), 2 (per token (rows, 1) / per channel (E, N, 1)) or 3 (per
     token group (rows, K/group_k) / per block (E, N/group_n, K/group_k)), A and B in e4m3."""
+    if scales and tma:  # the FP8 scales index A by flat id; a TMA A is indexed by sorted position
+        raise ValueError("FP8 scales need the pointer path: pass tma=False with scales")
+    if scales == 3 and group_k % config["BLOCK_SIZE_K"]:
+        raise ValueError(f"per-block scales need BLOCK_SIZE_K ({config['BLOCK_SIZE_K']}) to divide the K group "
+                         f"({group_k})")
     n = c.shape[1]
     k = a.shape[1]
     em = sorted_token_ids.shape[0]

@@ -120,67 +120,6 @@ def quantize_activation_torch(x: torch.Tensor, group: int | None = None, *, per_
     return to_e4m3(x / s), s if (per_token and scale is None) else s.reshape(())
 
 
-def fp8_mode(w1_scale: torch.Tensor, block_shape, per_channel_quant: bool) -> str:
-    """"tensor", "channel" or "block": the scale layout a call uses (vLLM's keywords)."""
-    if block_shape is not None:
-        return "block"
-    return "channel" if per_channel_quant else "tensor"
-
-
-def check_fp8_args(w13: torch.Tensor, w2: torch.Tensor, *, use_fp8_w8a8: bool, w1_scale, w2_scale, a1_scale,
-                   a2_scale, block_shape, per_channel_quant) -> str | None:
-    """The FP8 keywords of ``fused_experts``: returns the scale layout ("tensor", "channel", "block") or None
-    for a bf16/fp16/fp32 call. Every inconsistency raises, naming the argument; static activation scales must
-    be positive (checked on the host, outside CUDA-graph capture)."""
-    if not isinstance(use_fp8_w8a8, bool):
-        raise TypeError(f"use_fp8_w8a8 must be a bool, got {type(use_fp8_w8a8).__name__}")
-    if not isinstance(per_channel_quant, bool):
-        raise TypeError(f"per_channel_quant must be a bool, got {type(per_channel_quant).__name__}")
-    fp8_weights = [name for name, w in (("w13", w13), ("w2", w2)) if w.dtype == FP8_DTYPE]
-    if not use_fp8_w8a8:
-        if fp8_weights:
-            raise TypeError(f"{fp8_weights[0]} is float8_e4m3fn: pass use_fp8_w8a8=True with its scales")
-        given = [n for n, v in (("w1_scale", w1_scale), ("w2_scale", w2_scale), ("a1_scale", a1_scale),
-                                ("a2_scale", a2_scale), ("block_shape", block_shape)) if v is not None]
-        if given or per_channel_quant:
-            raise ValueError(f"{(given or ['per_channel_quant'])[0]} is only for use_fp8_w8a8=True")
-        return None
-    for name, w in (("w13", w13), ("w2", w2)):
-        if w.dtype != FP8_DTYPE:
-            raise TypeError(f"use_fp8_w8a8 needs float8_e4m3fn weights, but {name} is {w.dtype}")
-    if block_shape is not None:
-        if per_channel_quant:
-            raise ValueError("block_shape and per_channel_quant exclude each other")
-        if a1_scale is not None or a2_scale is not None:
-            raise ValueError("block_shape quantizes activations per token group: a1_scale/a2_scale must be None")
-        bn, bk = _check_block_shape(block_shape)
-    mode = fp8_mode(w1_scale, block_shape, per_channel_quant)
-    for name, w, scale in (("w1_scale", w13, w1_scale), ("w2_scale", w2, w2_scale)):
-        if not isinstance(scale, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor of fp32 scales, got {type(scale).__name__}")
-        if scale.dtype != torch.float32:
-            raise TypeError(f"{name} must be float32, got {scale.dtype}")
-        if scale.device != w.device:
-            raise ValueError(f"{name} is on {scale.device} but the weights are on {w.device}")
-        e, n, k = w.shape
-        expected = {"tensor": (e,), "channel": (e, n, 1),
-                    "block": (e, triton.cdiv(n, bn), triton.cdiv(k, bk)) if mode == "block" else None}[mode]
-        if tuple(scale.shape) != expected:
-            raise ValueError(f"{name} must have shape {expected} for per-{mode} scales of {tuple(w.shape)} weights, "
-                             f"got {tuple(scale.shape)}")
-    for name, scale in (("a1_scale", a1_scale), ("a2_scale", a2_scale)):
-        if scale is None:
-            continue
-        if not isinstance(scale, torch.Tensor) or scale.numel() != 1 or scale.dtype != torch.float32:
-            raise ValueError(f"{name} must be a one-element float32 tensor (a static per-tensor scale), got "
-                             f"{getattr(scale, 'shape', type(scale).__name__)}")
-        if scale.device != w13.device:
-            raise ValueError(f"{name} is on {scale.device} but the weights are on {w13.device}")
-        if not (scale.is_cuda and torch.cuda.is_current_stream_capturing()) and not scale.item() > 0:
-            raise ValueError(f"{name} must be > 0, got {scale.item()}")
-    return mode
-
-
 # ----------------------------------------------------------------------------------------------------
 # Triton: activation quantization
 # ----------------------------------------------------------------------------------------------------
@@ -306,8 +245,6 @@ __all__ = [
     "merge_w13_scales",
     "quantize_activation_torch",
     "quantize_activation",
-    "fp8_mode",
-    "check_fp8_args",
     "quantize_kernel",
     "absmax_kernel",
     "round_e4m3",

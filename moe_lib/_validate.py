@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+FP8_DTYPE = torch.float8_e4m3fn
 INT_DTYPES = (torch.int32, torch.int64)
 
 
@@ -138,17 +139,19 @@ def check_moe_args(
     expert_map: torch.Tensor | None = None,
     *,
     dtypes=FLOAT_DTYPES,
+    weight_dtypes=None,
     check_ids: bool = True,
 ) -> tuple[int, int, int, int, int]:
     """Validate an expert computation's inputs; returns (M, H, I, E_local, top_k). ``check_ids=False`` skips
     only the value ranges of topk_ids and expert_map (the one check that syncs with the device); so does a
-    CUDA graph capture (:func:`ids_checkable`)."""
+    CUDA graph capture (:func:`ids_checkable`). ``weight_dtypes``: those of w13 and w2 (default ``dtypes``)."""
     check_bool("check_ids", check_ids)
     check_tensor("hidden_states", hidden_states, ndim=2, dtypes=dtypes)
     check_has_data("hidden_states", hidden_states)  # the others must share its device
     device = hidden_states.device
-    check_tensor("w13", w13, ndim=3, dtypes=dtypes, device=device)
-    check_tensor("w2", w2, ndim=3, dtypes=dtypes, device=device)
+    weight_dtypes = dtypes if weight_dtypes is None else weight_dtypes
+    check_tensor("w13", w13, ndim=3, dtypes=weight_dtypes, device=device)
+    check_tensor("w2", w2, ndim=3, dtypes=weight_dtypes, device=device)
     num_tokens, hidden = hidden_states.shape
     num_local, two_i, _ = w13.shape
     check_dim("w13", w13, 2, hidden, "hidden_size (hidden_states.shape[1])")
@@ -167,16 +170,98 @@ def check_moe_args(
     return num_tokens, hidden, inter, num_local, top_k
 
 
-def check_experts_args(hidden_states, w13, w2, topk_weights, topk_ids, expert_map, check_ids: bool) -> None:
+def check_experts_args(hidden_states, w13, w2, topk_weights, topk_ids, expert_map, check_ids: bool,
+                       fp8: dict | None = None) -> str | None:
     """Every check of a fused-experts call that reads no tensor values: :func:`check_moe_args` without the id
-    values, one dtype for tokens and weights, a device the kernels run on (also the custom op's fake)."""
-    check_moe_args(hidden_states, w13, w2, topk_weights, topk_ids, expert_map, check_ids=False)
+    values, one dtype for tokens and weights (or e4m3 weights and their scales, :func:`check_fp8_args`, when
+    ``fp8`` holds fused_experts' FP8 keywords), a device the kernels run on (also the custom op's fake).
+    Returns the FP8 weight-scale layout ("tensor", "channel", "block") or None."""
+    fp8 = fp8 or {}
+    use_fp8 = fp8.get("use_fp8_w8a8", False)
+    check_bool("use_fp8_w8a8", use_fp8)
+    if not use_fp8 and isinstance(w13, torch.Tensor) and w13.dtype == FP8_DTYPE:
+        raise TypeError("w13 is float8_e4m3fn: pass use_fp8_w8a8=True with w1_scale and w2_scale")
+    check_moe_args(hidden_states, w13, w2, topk_weights, topk_ids, expert_map, check_ids=False,
+                   weight_dtypes=(FP8_DTYPE,) if use_fp8 else None)
     check_bool("check_ids", check_ids)
-    if not (hidden_states.dtype == w13.dtype == w2.dtype):
+    if not use_fp8 and not (hidden_states.dtype == w13.dtype == w2.dtype):
         raise TypeError(
             f"hidden_states ({hidden_states.dtype}), w13 ({w13.dtype}) and w2 ({w2.dtype}) must share a dtype"
         )
+    mode = check_fp8_args(w13, w2, **fp8)
     check_kernel_device("hidden_states", hidden_states)
+    return mode
+
+
+#: The FP8 keywords of fused_experts, with their defaults (vLLM's names).
+FP8_KEYWORDS = dict(use_fp8_w8a8=False, per_channel_quant=False, w1_scale=None, w2_scale=None, a1_scale=None,
+                    a2_scale=None, block_shape=None)
+
+
+def check_block_shape(block_shape) -> tuple[int, int]:
+    """``[bn, bk]``: two positive powers of two (the scale blocks of FP8 weights)."""
+    if (not isinstance(block_shape, (list, tuple)) or len(block_shape) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 and not v & (v - 1)
+                       for v in block_shape)):
+        raise ValueError(f"block_shape must be [bn, bk], two positive powers of two, got {block_shape!r}")
+    return int(block_shape[0]), int(block_shape[1])
+
+
+def check_fp8_args(w13, w2, *, use_fp8_w8a8=False, per_channel_quant=False, w1_scale=None, w2_scale=None,
+                   a1_scale=None, a2_scale=None, block_shape=None) -> str | None:
+    """The FP8 keywords against the (already checked) weights, from metadata only; returns the weight-scale
+    layout: "tensor" (E,), "channel" (E, N, 1) with ``per_channel_quant`` or "block" (E, ceil(N/bn),
+    ceil(K/bk)) with ``block_shape=[bn, bk]``; None without ``use_fp8_w8a8``. Scale values: :func:`check_fp8_values`."""
+    check_bool("use_fp8_w8a8", use_fp8_w8a8)
+    check_bool("per_channel_quant", per_channel_quant)
+    given = {k: v for k, v in dict(w1_scale=w1_scale, w2_scale=w2_scale, a1_scale=a1_scale, a2_scale=a2_scale,
+                                   block_shape=block_shape).items() if v is not None}
+    if not use_fp8_w8a8:
+        if given or per_channel_quant:
+            names = ", ".join(list(given) + (["per_channel_quant"] if per_channel_quant else []))
+            raise ValueError(f"{names} given without use_fp8_w8a8=True")
+        return None
+    device = w13.device
+    for name in ("w1_scale", "w2_scale"):
+        if name not in given:
+            raise ValueError(f"use_fp8_w8a8=True needs {name} (the weights' fp32 scales)")
+    if block_shape is not None:
+        bn, bk = check_block_shape(block_shape)
+        if per_channel_quant:
+            raise ValueError("per_channel_quant and block_shape exclude each other: pick one scale layout")
+        mode = "block"
+    else:
+        mode = "channel" if per_channel_quant else "tensor"
+    num_local, two_i, hidden = w13.shape
+    for name, scale, w in (("w1_scale", w1_scale, w13), ("w2_scale", w2_scale, w2)):
+        _, n, k = w.shape
+        want = {"tensor": (num_local,), "channel": (num_local, n, 1),
+                "block": (num_local, -(-n // bn), -(-k // bk)) if mode == "block" else None}[mode]
+        check_tensor(name, scale, dtypes=(torch.float32,), device=device)
+        if tuple(scale.shape) != want:
+            raise ValueError(f"{name} must have shape {want} for {mode}-wise scales of "
+                             f"{'w13' if name == 'w1_scale' else 'w2'} {tuple(w.shape)}, got {tuple(scale.shape)}")
+    for name, scale in (("a1_scale", a1_scale), ("a2_scale", a2_scale)):
+        if scale is None:
+            continue
+        if mode == "block":
+            raise ValueError(f"{name}: static activation scales do not go with block_shape (per token group "
+                             "scales are always dynamic); pass None")
+        check_tensor(name, scale, dtypes=(torch.float32,), device=device)
+        if scale.numel() != 1:
+            raise ValueError(f"{name} must hold one static scale (one element), got shape {tuple(scale.shape)}")
+    return mode
+
+
+def check_fp8_values(**scales) -> None:
+    """Every given scale is finite and positive (one device sync for all of them)."""
+    named = [(k, v) for k, v in scales.items() if v is not None and v.numel()]
+    if not named:
+        return
+    lows = torch.stack([torch.where(v.isfinite(), v, -1.0).amin() for _, v in named]).tolist()
+    bad = [k for (k, _), low in zip(named, lows, strict=True) if not low > 0]
+    if bad:
+        raise ValueError(f"{', '.join(bad)} must be finite and > 0 everywhere")
 
 
 def check_router_logits(router_logits, hidden_states, w13, expert_map=None) -> None:

@@ -8,6 +8,13 @@
   ``[w1 shard; w3 shard]`` so that SiLU-and-mul stays local (see :mod:`moe_lib.parallel.shard`);
 - ``w2`` (E, H, I/tp): this rank's columns of every expert's down projection.
 
+With ``quant_config`` (:class:`moe_lib.config.QuantConfig`, an FP8 checkpoint's ``quantization_config``) the
+experts are FP8, as vLLM runs them: ``w13``/``w2`` in float8_e4m3fn with fp32 scales ``w13_scale``/``w2_scale``
+— per tensor (E,), one per expert (w1 and w3 requantized to the larger of their two scales on load), or per
+block (E, 2I/tp/bn, ceil(H/bk)) and (E, ceil(H/bn), ceil(I/tp/bk)) — and with static activations one input
+scale per GEMM, ``a1_scale``/``a2_scale`` (1,) (the largest over experts). The router and the activations
+stay in params_dtype; each GEMM quantizes its input to e4m3 (``fused_experts(..., use_fp8_w8a8=True)``).
+
 With ``tp_size > 1`` a rank's experts see only its slice of I, so its output is a *partial* sum; the layer
 output is the sum over ranks. ``reduce_results=True`` (the default) does that sum with an all-reduce and
 therefore needs torch.distributed; ``reduce_results=False`` returns the partial output (to be summed by
@@ -30,9 +37,21 @@ import torch
 from torch import nn
 
 from ._validate import FLOAT_DTYPES, check_has_data, check_int, check_tensor
-from .checkpoint import MoEName, complete_moe_names, listing, moe_shapes, parse_moe_name
+from .checkpoint import (
+    MoEName,
+    complete_moe_names,
+    expert_params,
+    is_fp8,
+    is_legacy_scope,
+    listing,
+    moe_shapes,
+    parse_moe_name,
+    stored_dtype,
+)
+from .config import QuantConfig
 from .gate import INITIALIZER_RANGE, MoEGate
 from .kernels.experts import fused_experts, route
+from .kernels.quant import FP8_DTYPE, merge_w13_scales, quantize_weight
 from .parallel.shard import shard_w2, shard_w13
 
 
@@ -84,6 +103,10 @@ class MixtralMoE(nn.Module):
         device: where the parameters live.
         generator: draws the initial weights (on the CPU, N(0, 0.02^2) like Hugging Face's initializer) so a
             seed gives the same layer everywhere. Real weights come from :meth:`load_weights`.
+        quant_config: FP8 experts (see the module docstring); None (the default): experts in params_dtype.
+            Block-wise, I/tp must be a multiple of bn (w1 and w3 are stacked block by block) and, with
+            tp_size > 1, of bk (w2's scale columns are split between ranks). A fresh FP8 layer holds its drawn
+            weights quantized, and static activation scales of 1.
     """
 
     def __init__(
@@ -101,6 +124,7 @@ class MixtralMoE(nn.Module):
         renormalize: bool = True,
         device: torch.device | str | None = None,
         generator: torch.Generator | None = None,
+        quant_config: QuantConfig | None = None,
     ) -> None:
         super().__init__()
         check_int("num_experts", num_experts, low=1)
@@ -118,6 +142,20 @@ class MixtralMoE(nn.Module):
         tp_size, tp_rank = _resolve_tp(tp_size, tp_rank)
         if intermediate_size % tp_size:
             raise ValueError(f"intermediate_size ({intermediate_size}) must be divisible by tp_size ({tp_size})")
+        if quant_config is not None and not isinstance(quant_config, QuantConfig):
+            raise TypeError(
+                f"quant_config must be a moe_lib.config.QuantConfig or None, got {type(quant_config).__name__}"
+            )
+        if quant_config is not None and quant_config.weight_block_size is not None:
+            bn, bk = quant_config.weight_block_size
+            i_rank = intermediate_size // tp_size
+            if i_rank % bn or (tp_size > 1 and i_rank % bk):
+                raise ValueError(
+                    f"quant_config.weight_block_size {list(quant_config.weight_block_size)} does not fit "
+                    f"intermediate_size {intermediate_size} on tp_size {tp_size}: I/tp = {i_rank} must be a multiple "
+                    f"of bn = {bn} (w1 and w3 are stacked block by block)"
+                    + (f" and of bk = {bk} (w2's blocks are split between ranks)" if tp_size > 1 else "")
+                )
 
         self.num_experts = num_experts
         self.top_k = top_k
@@ -130,6 +168,7 @@ class MixtralMoE(nn.Module):
         self.reduce_results = reduce_results
         self.tp_group = tp_group
         self.renormalize = renormalize
+        self.quant_config = quant_config
         #: While :func:`moe_lib.model.record_routing` is active: the list forward appends (topk_weights, topk_ids) to.
         self._routing_log: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
@@ -143,6 +182,15 @@ class MixtralMoE(nn.Module):
 
         self.w13 = draw(num_experts, 2 * i_local, hidden_size)  # (E, 2I/tp, H)  [w1 shard; w3 shard]
         self.w2 = draw(num_experts, hidden_size, i_local)  # (E, H, I/tp)
+        if quant_config is not None:  # the drawn weights, quantized; scales as buffers (in the state dict)
+            mode = "tensor" if quant_config.weight_block_size is None else "block"
+            for name in ("w13", "w2"):
+                q, scale = quantize_weight(getattr(self, name).float(), mode, quant_config.block_shape)
+                setattr(self, name, nn.Parameter(q, requires_grad=False))  # (E, N, K) e4m3
+                self.register_buffer(f"{name}_scale", scale)  # (E,) or (E, ceil(N/bn), ceil(K/bk)) fp32
+            for name in ("a1_scale", "a2_scale"):  # the inputs of GEMM1 (x) and GEMM2 (SiLU-and-mul)
+                static = torch.ones(1, device=device) if quant_config.static else None
+                self.register_buffer(name, static)  # (1,) fp32 static; None: dynamic, computed per call
 
     # -- forward ---------------------------------------------------------------------------------------
     def route(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,12 +221,25 @@ class MixtralMoE(nn.Module):
             topk_weights, topk_ids = self.route(x)  # (M, k) fp32, (M, k) int32
             if self._routing_log is not None:
                 self._routing_log.append((topk_weights.clone(), topk_ids.clone()))
-            # The ids come from our own routing, in [0, E) by construction: no host-side check (no device sync,
-            # so a forward can be captured in a CUDA graph).
-            out = fused_experts(x, self.w13, self.w2, topk_weights, topk_ids, check_ids=False)  # (M, H)
+            # The ids come from our own routing, in [0, E) by construction, and the scales were checked on load:
+            # no host-side check (no device sync, so a forward can be captured in a CUDA graph).
+            out = fused_experts(x, self.w13, self.w2, topk_weights, topk_ids, check_ids=False,
+                                **self.fp8_arguments())  # (M, H)
             if self.tp_size > 1 and self.reduce_results:
                 self._all_reduce(out)
         return out.view(shape)
+
+    def fp8_arguments(self) -> dict:
+        """fused_experts' FP8 keywords for this layer's experts ({} when they are not FP8)."""
+        if self.quant_config is None:
+            return {}
+        if self.w13.dtype != FP8_DTYPE or self.w2.dtype != FP8_DTYPE:
+            raise RuntimeError(
+                f"this FP8 layer's w13/w2 are {self.w13.dtype}/{self.w2.dtype}, not float8_e4m3fn: was it cast with "
+                ".to(dtype)? Cast a model before its MoE blocks are replaced (load_mixtral(..., dtype=...))"
+            )
+        return dict(use_fp8_w8a8=True, w1_scale=self.w13_scale, w2_scale=self.w2_scale, a1_scale=self.a1_scale,
+                    a2_scale=self.a2_scale, block_shape=self.quant_config.block_shape, check_scales=False)
 
     def _all_reduce(self, out: torch.Tensor) -> None:
         """Sum the ranks' partial outputs in place, after checking that the group is the one we shard for."""
@@ -209,20 +270,27 @@ class MixtralMoE(nn.Module):
           ``mlp.experts.down_proj`` (E, H, I).
 
         Tensors are always the whole (unsharded) weights, in any floating dtype (cast to params_dtype).
-        Every tensor is checked and placed into temporaries first; unknown, duplicate, missing or misshapen
-        names raise one ValueError that lists them all, and the layer is then left unchanged.
+
+        An FP8 layer (``quant_config``) reads an FP8 checkpoint's legacy names: the router as above, each expert
+        matrix in float8_e4m3fn with its fp32 scale — ``...w1.weight_scale`` () per tensor, or
+        ``...w1.weight_scale_inv`` (ceil(I/bn), ceil(H/bk)) per block — and with static activations
+        ``...w1.input_scale`` () (likewise w2, w3). Per tensor, each expert's w1 and w3 are requantized to the
+        larger of their two scales (w13 has one scale per expert); static input scales become one per GEMM, the
+        largest over experts (w1's and w3's for GEMM1, w2's for GEMM2). Every scale must be finite and > 0.
+
+        Every tensor is checked and placed into temporaries first; unknown, duplicate, missing, misshapen or
+        mistyped names raise one ValueError that lists them all, and the layer is then left unchanged.
         """
         if isinstance(weights, Mapping):
             weights = weights.items()
-        E, H, I, i_local = self.num_experts, self.hidden_size, self.intermediate_size, self.intermediate_size_per_rank
-        tp, rank = self.tp_size, self.tp_rank
-        device, dtype = self.w13.device, self.params_dtype
-        expected_shapes = moe_shapes(E, H, I)
+        E, H, I = self.num_experts, self.hidden_size, self.intermediate_size
+        quant, device, dtype = self.quant_config, self.w13.device, self.params_dtype
+        expected_shapes = moe_shapes(E, H, I, quant)
 
         gate = torch.empty(E, H, device=device, dtype=dtype)  # (E, H)
-        w13 = torch.empty(E, 2 * i_local, H, device=device, dtype=dtype)  # (E, 2I/tp, H)
-        w2 = torch.empty(E, H, i_local, device=device, dtype=dtype)  # (E, H, I/tp)
-        pending_w1w3: dict[tuple[int, str], torch.Tensor] = {}  # one half of an expert's w13, until its pair comes
+        staged = {name: torch.empty_like(t) for name, t in self._loaded_tensors().items() if name != "gate"}
+        input_scales = torch.zeros(E, 3, device=device)  # static: per expert, of w1, w3 (GEMM1) and w2 (GEMM2)
+        pending: dict[tuple[int, str], dict[str, torch.Tensor]] = {}  # an expert's part of w13 or w2, until whole
         seen: dict[MoEName, str] = {}
         scopes: list[str] = []
         unknown: list[str] = []
@@ -244,36 +312,39 @@ class MixtralMoE(nn.Module):
             if slot.expert is not None and slot.expert >= E:
                 unknown.append(f"{name} (expert {slot.expert} >= num_experts {E})")
                 continue
+            if slot.key not in expected_shapes:  # a scale of an FP8 checkpoint this layer does not read
+                unknown.append(f"{name} ({self._not_read(slot)})")
+                continue
+            if quant is not None and not is_legacy_scope(slot.scope):
+                bad.append(f"{name}: an FP8 layer reads the legacy per-expert names (experts.{{e}}.w1.weight and "
+                           "its scales), not transformers' fused names")
+                continue
             if slot.scope not in scopes:
                 scopes.append(slot.scope)
             if slot in seen:
                 duplicate.append(name)
                 continue
             seen[slot] = name
-            want = expected_shapes[slot.kind]
-            if tuple(tensor.shape) != want:
-                bad.append(f"{name} has shape {tuple(tensor.shape)}, expected {want}")
+            problem = self._check_tensor(slot, tensor, expected_shapes[slot.key])
+            if problem:
+                bad.append(f"{name} {problem}")
                 continue
-            if not tensor.is_floating_point():
-                bad.append(f"{name} has dtype {tensor.dtype}, expected a floating dtype")
-                continue
-            t = tensor.detach().to(device=device, dtype=dtype)
+            want = stored_dtype(slot, quant)
+            t = tensor.detach().to(device=device, dtype=dtype if want is None else want)
             if slot.kind == "gate":
                 gate.copy_(t)
-            elif slot.kind == "gate_up":
-                w13.copy_(shard_w13(t, tp, rank))
-            elif slot.kind == "down":
-                w2.copy_(shard_w2(t, tp, rank))
-            elif slot.kind == "w2":
-                w2[slot.expert].copy_(shard_w2(t[None], tp, rank)[0])  # (H, I/tp)
-            else:  # w1 or w3: shard the pair [w1; w3] once both halves are here
-                other = "w3" if slot.kind == "w1" else "w1"
-                partner = pending_w1w3.pop((slot.expert, other), None)
-                if partner is None:
-                    pending_w1w3[(slot.expert, slot.kind)] = t
-                else:
-                    w1, w3 = (t, partner) if slot.kind == "w1" else (partner, t)
-                    w13[slot.expert].copy_(shard_w13(torch.cat([w1, w3])[None], tp, rank)[0])  # (2I/tp, H)
+            elif slot.param == "input_scale":
+                input_scales[slot.expert, ("w1", "w3", "w2").index(slot.kind)] = t
+            elif slot.expert is None:  # transformers 5.x: all experts at once
+                staged["w13" if slot.kind == "gate_up" else "w2"].copy_(
+                    shard_w13(t, self.tp_size, self.tp_rank) if slot.kind == "gate_up"
+                    else shard_w2(t, self.tp_size, self.tp_rank))
+            else:  # one piece of an expert's w13 or w2: place the whole once every piece is here
+                group = "w2" if slot.kind == "w2" else "w13"
+                parts = pending.setdefault((slot.expert, group), {})
+                parts[slot.key] = t
+                if len(parts) == len(self._pieces(group)):
+                    self._place_expert(staged, slot.expert, group, pending.pop((slot.expert, group)))
 
         problems = []
         if len(scopes) > 1:
@@ -283,25 +354,97 @@ class MixtralMoE(nn.Module):
         if duplicate:
             problems.append(listing("given twice", duplicate))
         if bad:
-            problems.append(listing("wrong shape or dtype", bad))
+            problems.append(listing("wrong shape, dtype or value", bad))
         if len(scopes) == 1:
-            missing = [s.name for s in complete_moe_names(scopes[0], E) if s not in seen]
+            missing = [s.name for s in complete_moe_names(scopes[0], E, quant) if s not in seen]
             if missing:
                 problems.append(listing("missing", missing))
         elif not scopes and not problems:
             problems.append("  no weights were given")
         if problems:
             raise ValueError(
-                f"MixtralMoE.load_weights (num_experts={E}, hidden_size={H}, intermediate_size={I}): "
-                "nothing was loaded.\n" + "\n".join(problems)
+                f"MixtralMoE.load_weights (num_experts={E}, hidden_size={H}, intermediate_size={I}"
+                f"{'' if quant is None else f', {quant}'}): nothing was loaded.\n" + "\n".join(problems)
             )
 
         # Everything is present and checked: commit.
+        if quant is not None and quant.static:
+            staged["a1_scale"] = input_scales[:, :2].amax().reshape(1)  # (1,): one static scale per GEMM
+            staged["a2_scale"] = input_scales[:, 2].amax().reshape(1)
         with torch.no_grad():
             self.gate.weight.copy_(gate)
-            self.w13.copy_(w13)
-            self.w2.copy_(w2)
+            for name, t in self._loaded_tensors().items():
+                if name != "gate":
+                    t.copy_(staged[name])
         return sorted(seen.values())
+
+    # -- loading: the pieces ---------------------------------------------------------------------------
+    def _loaded_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors load_weights replaces: gate, w13, w2 and, if FP8, their scales (and static input scales)."""
+        out = {"gate": self.gate.weight, "w13": self.w13, "w2": self.w2}
+        if self.quant_config is not None:
+            out |= {"w13_scale": self.w13_scale, "w2_scale": self.w2_scale}
+            if self.quant_config.static:
+                out |= {"a1_scale": self.a1_scale, "a2_scale": self.a2_scale}
+        return out
+
+    def _pieces(self, group: str) -> list[str]:
+        """The :attr:`MoEName.key` of every tensor of one expert that goes into ``group`` (w13 or w2): the
+        matrices and their weight scales (input scales are kept apart)."""
+        params = [p for p in expert_params(self.quant_config) if p != "input_scale"]
+        projs = ("w2",) if group == "w2" else ("w1", "w3")
+        return [MoEName("", proj, 0, p).key for proj in projs for p in params]
+
+    def _place_expert(self, staged: dict[str, torch.Tensor], e: int, group: str, parts: dict[str, torch.Tensor]):
+        """Put expert ``e``'s whole w13 (from w1 and w3) or w2, and their scales, into this rank's ``staged`` shards."""
+        tp, rank, quant = self.tp_size, self.tp_rank, self.quant_config
+        if group == "w2":
+            staged["w2"][e] = shard_w2(parts["w2"][None], tp, rank)[0]  # (H, I/tp)
+            if quant is not None:
+                scale = parts.get("w2.weight_scale", parts.get("w2.weight_scale_inv"))
+                # per tensor: the expert's scalar; per block: (ceil(H/bn), I/tp/bk), its columns of blocks
+                staged["w2_scale"][e] = scale if scale.dim() == 0 else shard_w2(scale[None], tp, rank)[0]
+            return
+        w1, w3 = parts["w1"], parts["w3"]  # (I, H) each
+        if quant is None:
+            w13 = torch.cat([w1, w3])  # (2I, H)
+        elif quant.weight_block_size is None:  # one scale per expert: both halves to the larger of the two
+            q, scale = merge_w13_scales(w1[None], parts["w1.weight_scale"].reshape(1), w3[None],
+                                        parts["w3.weight_scale"].reshape(1))
+            w13 = q[0]  # (2I, H)
+            staged["w13_scale"][e] = scale[0]
+        else:  # block scales stack like the rows they scale: [w1 blocks; w3 blocks], then the rank's rows of each
+            w13 = torch.cat([w1, w3])
+            scales = torch.cat([parts["w1.weight_scale_inv"], parts["w3.weight_scale_inv"]])  # (2I/bn, ceil(H/bk))
+            staged["w13_scale"][e] = shard_w13(scales[None], tp, rank)[0]  # (2I/tp/bn, ceil(H/bk))
+        staged["w13"][e] = shard_w13(w13[None], tp, rank)[0]  # (2I/tp, H)
+
+    def _check_tensor(self, slot: MoEName, tensor: torch.Tensor, shape: tuple[int, ...]) -> str | None:
+        """What is wrong with one tensor (shape, dtype, a scale's values), or None."""
+        if tuple(tensor.shape) != shape:
+            return f"has shape {tuple(tensor.shape)}, expected {shape}"
+        want = stored_dtype(slot, self.quant_config)
+        if want is None:  # in the model's own dtype
+            if not tensor.is_floating_point():
+                return f"has dtype {tensor.dtype}, expected a floating dtype"
+            if is_fp8(tensor.dtype):
+                return (f"has dtype {tensor.dtype}: an FP8 tensor, but this layer is "
+                        f"{str(self.params_dtype).removeprefix('torch.')}"
+                        + ("" if self.quant_config is not None else " (pass quant_config for an FP8 checkpoint)"))
+            return None
+        if tensor.dtype != want:
+            what = "FP8 weights are" if want == FP8_DTYPE else "FP8 scales are"
+            return f"has dtype {tensor.dtype}, expected {want} ({what} stored so)"
+        if slot.param != "weight" and tensor.numel() and not bool(
+                (torch.isfinite(tensor) & (tensor > 0)).all()):
+            return "holds a scale that is not finite and > 0"
+        return None
+
+    def _not_read(self, slot: MoEName) -> str:
+        """Why a parsed name is not a tensor of this layer: an FP8 scale this layer's quantization does not use."""
+        if self.quant_config is None:
+            return f"an FP8 {slot.param}, but this layer is not FP8: pass quant_config for an FP8 checkpoint"
+        return f"not part of a checkpoint with {self.quant_config}"
 
     def extra_repr(self) -> str:
         return (
@@ -309,6 +452,7 @@ class MixtralMoE(nn.Module):
             f"intermediate_size={self.intermediate_size} ({self.intermediate_size_per_rank} on this rank), "
             f"tp_size={self.tp_size}, tp_rank={self.tp_rank}, reduce_results={self.reduce_results}, "
             f"dtype={str(self.params_dtype).replace('torch.', '')}"
+            + ("" if self.quant_config is None else f", {self.quant_config}")
         )
 
 

@@ -1,7 +1,8 @@
 """A transformers Mixtral with moe_lib's layers: every ``MixtralSparseMoeBlock`` swapped for a
 :class:`moe_lib.layer.MixtralMoE`, and the routing those layers chose recorded.
 
-    load_mixtral        one call: transformers loads the checkpoint (strictly), every MoE block becomes a MixtralMoE
+    load_mixtral        one call: transformers loads the checkpoint (strictly), every MoE block becomes a MixtralMoE;
+                        FP8 checkpoints too (transformers loads all but the experts, the MixtralMoE layers read those)
     moe_blocks          the (name, module) of every MixtralSparseMoeBlock in a model
     replace_moe_blocks  swap them for MixtralMoE layers loaded from a checkpoint or from the blocks themselves
     record_routing      collect each layer's (topk_weights, topk_ids) while a block of code runs
@@ -27,7 +28,15 @@ import torch
 from torch import nn
 
 from ._validate import check_tensor
-from .checkpoint import TINY_MIXTRAL, iter_moe_weights, layer_index, load_hf_model, open_checkpoint
+from .checkpoint import (
+    TINY_MIXTRAL,
+    iter_moe_weights,
+    layer_index,
+    load_hf_model,
+    load_hf_model_except_experts,
+    open_checkpoint,
+    read_quant_config,
+)
 from .kernels.experts import fused_experts
 from .layer import MixtralMoE
 
@@ -55,7 +64,8 @@ def replace_moe_blocks(
 
     Each new layer loads its weights from ``checkpoint`` (a safetensors file or directory, read one layer at
     a time by :mod:`moe_lib.checkpoint`), or, when it is None, from the block it replaces (transformers 5.x
-    names). Sizes come from ``model.config``; the dtype and device from the block's router weight.
+    names). Sizes come from ``model.config``; the dtype and device from the block's router weight; FP8 experts
+    (``quant_config``) from the checkpoint's config.json (:func:`moe_lib.checkpoint.read_quant_config`).
     Returns the new layers in order. The blocks are replaced only after every layer has loaded.
     """
     blocks = moe_blocks(model)
@@ -63,13 +73,14 @@ def replace_moe_blocks(
         raise ValueError("model has no MixtralSparseMoeBlock to replace")
     cfg = model.config
     source = open_checkpoint(checkpoint) if checkpoint is not None else None
+    quant = read_quant_config(source) if source is not None else None
     layers = []
     for name, block in blocks:
         weight = block.gate.weight
         layer = MixtralMoE(
             cfg.num_local_experts, cfg.num_experts_per_tok, cfg.hidden_size, cfg.intermediate_size,
             params_dtype=weight.dtype, tp_size=tp_size, tp_rank=tp_rank, reduce_results=reduce_results,
-            tp_group=tp_group, device=weight.device,
+            tp_group=tp_group, device=weight.device, quant_config=quant,
         )
         if source is not None:
             index = layer_index(name)
@@ -99,11 +110,18 @@ def load_mixtral(
     by default), the model moves to ``device``/``dtype``, and :func:`replace_moe_blocks` swaps every MoE block
     for a :class:`MixtralMoE` loaded from the block itself (nothing is read twice). ``replace_options``:
     replace_moe_blocks' tensor-parallel keywords. Returns the model, in eval mode.
+
+    An FP8 checkpoint (config.json with a ``quantization_config``, e.g. data/tiny_mixtral_fp8): transformers
+    cannot read its experts, so it loads everything else
+    (:func:`moe_lib.checkpoint.load_hf_model_except_experts`, ``strict`` likewise) and the FP8 MixtralMoE
+    layers read their experts from the checkpoint; ``dtype`` is that of the activations and of every
+    non-expert weight.
     """
-    model = load_hf_model(checkpoint_dir, strict=strict)
+    fp8 = read_quant_config(checkpoint_dir) is not None
+    model = (load_hf_model_except_experts if fp8 else load_hf_model)(checkpoint_dir, strict=strict)
     if device is not None or dtype is not None:
         model = model.to(device=device, dtype=dtype)
-    replace_moe_blocks(model, **replace_options)
+    replace_moe_blocks(model, checkpoint_dir if fp8 else None, **replace_options)
     return model
 
 

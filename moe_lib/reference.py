@@ -109,7 +109,7 @@ def moe_reference_fp8(
     for e, rows in enumerate(rows_of):
         y[rows] = act[rows] @ w2_d[e].T
     y = y * topk_weights.reshape(-1, 1).double()
-    return y.view(num_tokens, top_k, -1).sum(dim=1)
+    return y.view(num_tokens, top_k, w2.shape[1]).sum(dim=1)
 
 
 __all__ = ["silu_and_mul", "moe_reference", "moe_reference_fp8", "check_moe_args"]

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from moe_lib import checkpoint as ck
 from moe_lib.checkpoint import CheckpointError, MoEName
-from moe_lib.config import MoEConfig
+from moe_lib.config import MoEConfig, QuantConfig
 from moe_lib.layer import MixtralMoE
 
 TINY = ck.TINY_MIXTRAL
@@ -75,7 +75,15 @@ F3 = "language_model.model.layers.3.mlp."
         (F3 + "experts.gate_up_proj", MoEName(F3, "gate_up"), 3),
         (F3 + "experts.down_proj", MoEName(F3, "down"), 3),
         ("mlp.experts.down_proj", MoEName("mlp.", "down"), None),
+        # FP8 checkpoints: each expert matrix's scales
+        (L0 + "experts.7.w1.weight_scale", MoEName(L0, "w1", 7, "weight_scale"), 0),
+        (L0 + "experts.0.w2.weight_scale_inv", MoEName(L0, "w2", 0, "weight_scale_inv"), 0),
+        (L0 + "experts.3.w3.input_scale", MoEName(L0, "w3", 3, "input_scale"), 0),
         # under a MoE block, but not a tensor the layer knows: the reader hands them over, the layer refuses them
+        (L0 + "experts.0.w1.scale", None, 0),
+        (L0 + "experts.0.w1.output_scale", None, 0),
+        (L0 + "gate.weight_scale", None, 0),  # the router is never quantized
+        (F3 + "experts.gate_up_proj_scale", None, 3),
         (L0 + "experts.0.w4.weight", None, 0),
         (L0 + "experts.0.w1.bias", None, 0),
         (L0 + "experts.gate_up_proj", None, 0),  # a fused name under a legacy block
@@ -99,6 +107,7 @@ def test_complete_moe_names_and_layer_index():
     assert {n.name for n in legacy} == set(ck.open_checkpoint(TINY).moe_names(0))
     assert [n.name for n in ck.complete_moe_names(F3, E)] == [
         F3 + "gate.weight", F3 + "experts.gate_up_proj", F3 + "experts.down_proj"]
+    assert MoEName(L0, "w1", 2).key == "w1" and MoEName(L0, "w1", 2, "input_scale").key == "w1.input_scale"
     assert [ck.layer_index(n) for n in ("model.layers.3.mlp", "model.layers.3.mlp.", "layers.0.block_sparse_moe",
                                         "model.layers.3", "model.layers.3.mlp.experts", "extra")] == [
         3, 3, 0, None, None, None]
@@ -514,3 +523,186 @@ def test_names_sort_experts_numerically(tmp_path):
     p = "model.layers.0.block_sparse_moe."
     save_file({f"{p}experts.{e}.w1.weight": torch.zeros(1) for e in (10, 2, 1)}, str(tmp_path / "model.safetensors"))
     assert ck.open_checkpoint(tmp_path).moe_names(0) == [f"{p}experts.{e}.w1.weight" for e in (1, 2, 10)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# FP8 checkpoints: names, shapes, dtypes, quantization_config
+# ----------------------------------------------------------------------------------------------------
+PER_TENSOR, STATIC = QuantConfig(), QuantConfig(activation_scheme="static")
+BLOCK = QuantConfig(weight_block_size=[32, 32])
+TINY_FP8, TINY_FP8_BLOCK = ck.TINY_MIXTRAL_FP8, ck.TINY_MIXTRAL_FP8_BLOCK
+
+
+def test_fp8_complete_names_shapes_and_dtypes():
+    counts = {None: 1 + 3 * E, PER_TENSOR: 1 + 6 * E, STATIC: 1 + 9 * E, BLOCK: 1 + 6 * E}
+    for quant, n in counts.items():
+        names = ck.complete_moe_names(L0, E, quant)
+        assert len(names) == n == len(set(names))
+    assert MoEName(L0, "w2", 5, "input_scale") in ck.complete_moe_names(L0, E, STATIC)
+    assert MoEName(L0, "w2", 5, "weight_scale_inv") in ck.complete_moe_names(L0, E, BLOCK)
+    with pytest.raises(ValueError, match="FP8 checkpoints are read in the legacy per-expert names"):
+        ck.complete_moe_names(F3, E, PER_TENSOR)
+    # scales: scalars per tensor, one per bn x bk block (ceil: I = 100 is not a multiple of 32)
+    assert ck.moe_shapes(E, H, 100) == ck.moe_shapes(E, H, 100, None)
+    static = ck.moe_shapes(E, H, 100, STATIC)
+    assert static["w1"] == (100, H) and static["w1.weight_scale"] == () == static["w2.input_scale"]
+    block = ck.moe_shapes(E, H, 100, BLOCK)
+    assert block["w1.weight_scale_inv"] == (4, 2) == block["w3.weight_scale_inv"]
+    assert block["w2.weight_scale_inv"] == (2, 4)
+    assert "w1.input_scale" not in block and "w1.weight_scale" not in block
+    assert ck.stored_dtype(MoEName(L0, "w1", 0), PER_TENSOR) == torch.float8_e4m3fn
+    assert ck.stored_dtype(MoEName(L0, "w1", 0, "weight_scale"), PER_TENSOR) == torch.float32
+    assert ck.stored_dtype(MoEName(L0, "gate"), PER_TENSOR) is None  # the router: the model's dtype
+    assert ck.stored_dtype(MoEName(L0, "w1", 0), None) is None
+    assert ck.legacy_scope("model.layers.3.mlp.") == "model.layers.3.block_sparse_moe." == ck.legacy_scope(
+        "model.layers.3.block_sparse_moe.")
+
+
+def test_quant_config_of_a_config_json():
+    assert ck.quant_config({"hidden_size": 4}) is None
+    hf = {"quant_method": "fp8", "activation_scheme": "static", "weight_block_size": None, "fmt": "e4m3",
+          "ignored_layers": ["lm_head"], "modules_to_not_convert": None}
+    assert ck.quant_config({"quantization_config": hf}) == STATIC
+    assert ck.quant_config({"quantization_config": {"quant_method": "fp8", "weight_block_size": [32, 32]}}) == BLOCK
+    for quant in (PER_TENSOR, STATIC, BLOCK):
+        assert ck.quant_config({"quantization_config": ck.hf_quantization_config(quant)}) == quant
+    assert ck.hf_quantization_config(BLOCK, ["lm_head"]) == {
+        "quant_method": "fp8", "activation_scheme": "dynamic", "weight_block_size": [32, 32],
+        "ignored_layers": ["lm_head"]}
+
+
+@pytest.mark.parametrize("qc,match", [
+    ({"quant_method": "gptq"}, "quant_method must be 'fp8'"),
+    ({"quant_method": "fp8", "activation_scheme": "static", "weight_block_size": [128, 128]}, "'static' does not go"),
+    ({"quant_method": "fp8", "weight_block_size": [100, 128]}, "weight_block_size"),
+    ({"quant_method": "fp8", "fmt": "e5m2"}, "fmt='e5m2' \\(moe_lib reads only 'e4m3'\\)"),
+    ({"quant_method": "fp8", "scale_fmt": "ue8m0"}, "scale_fmt"),
+    ({"quant_method": "fp8", "group_size": 128}, "unknown key 'group_size'"),
+    ({"quant_method": "fp8", "ignored_layers": "lm_head"}, "ignored_layers must be a list of names"),
+    ("fp8", "must be a JSON object"),
+])
+def test_quant_config_refuses_what_it_does_not_know(qc, match):
+    with pytest.raises(CheckpointError, match=match):
+        ck.quant_config({"quantization_config": qc})
+
+
+def test_tiny_fp8_checkpoint_is_the_tiny_model_quantized(tiny_tensors):
+    """data/tiny_mixtral_fp8: every expert matrix is the fp32 one in e4m3 with scale amax / 448 (within half an
+    e4m3 step), its input scales the calibrated amax / 448; everything else is the fp32 file's, bit for bit."""
+    from moe_lib.kernels.quant import FP8_MAX
+
+    assert sorted(p.name for p in TINY_FP8.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
+    assert sum(p.stat().st_size for p in TINY_FP8.iterdir()) < 1_000_000
+    cfg = ck.read_config(TINY_FP8)
+    assert ck.quant_config(cfg) == STATIC and ck.read_quant_config(TINY_FP8) == STATIC
+    assert {k: v for k, v in cfg.items() if k != "quantization_config"} == ck.read_config(TINY)
+    assert "lm_head" in cfg["quantization_config"]["ignored_layers"]
+    fp8 = all_tensors(TINY_FP8 / "model.safetensors")
+    ckpt = ck.open_checkpoint(TINY_FP8)
+    assert len(ckpt.moe_names(0)) == len(ck.complete_moe_names(L0, E, STATIC))
+    amax = ck.calibrate_input_amax(TINY, [ck.read_golden(TINY)[0][k] for k in ("input_ids", "greedy_ids")])
+    for name, t in tiny_tensors.items():
+        slot = ck.parse_moe_name(name)
+        if slot is None or slot.expert is None:
+            assert fp8[name].dtype == t.dtype and torch.equal(fp8[name], t), name
+            continue
+        q, scale = fp8[name], fp8[name.replace(".weight", ".weight_scale")]
+        assert q.dtype == torch.float8_e4m3fn and scale.shape == () and scale.dtype == torch.float32
+        assert scale == (t.abs().amax() / FP8_MAX).float()
+        deq = q.float() * scale
+        # round to nearest: within half a step, 2**-4 of the value's binade (at most 1/16 relative to |t|)
+        assert ((deq - t).abs() <= t.abs() / 16 + 2**-10 * scale).all()
+        layer_amax = amax[ck.layer_index(slot.scope)]
+        col = 0 if slot.kind in ("w1", "w3") else 1
+        input_scale = fp8[name.replace(".weight", ".input_scale")]
+        assert input_scale.shape == () and input_scale > 0
+        torch.testing.assert_close(input_scale, layer_amax[slot.expert, col] / FP8_MAX, rtol=1e-5, atol=0)
+    assert (torch.stack(list(amax.values())) > 0).all()  # every expert saw tokens in the calibration
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """What torch.equal can compare: an e4m3 tensor's bytes (torch has no equal for FP8)."""
+    return t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t
+
+
+def test_make_tiny_fp8_reproduces_the_committed_files(tmp_path, capsys):
+    for flag, committed in (("--fp8", TINY_FP8), ("--fp8-block", TINY_FP8_BLOCK)):
+        out = tmp_path / committed.name
+        assert ck.main(["make-tiny", flag, str(out)]) == 0
+        assert "model.safetensors" in capsys.readouterr().out
+        assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in committed.iterdir())
+        new, old = all_tensors(out / "model.safetensors"), all_tensors(committed / "model.safetensors")
+        assert new.keys() == old.keys()
+        for key in old:
+            if key.endswith("input_scale"):  # calibrated with fp32 matmuls: BLAS rounds per CPU
+                torch.testing.assert_close(new[key], old[key], rtol=1e-5, atol=0)
+            else:
+                assert torch.equal(bits(new[key]), bits(old[key])), key
+        assert ck.read_config(out) == ck.read_config(committed)
+    block = all_tensors(TINY_FP8_BLOCK / "model.safetensors")
+    assert block[L0 + "experts.0.w1.weight_scale_inv"].shape == (I // 32, H // 32)
+    assert block[L0 + "experts.0.w2.weight_scale_inv"].shape == (H // 32, I // 32)
+    assert ck.read_quant_config(TINY_FP8_BLOCK) == QuantConfig(weight_block_size=list(ck.TINY_FP8_BLOCK))
+    with pytest.raises(SystemExit):
+        ck.main(["make-tiny", "--fp8", "--seed", "3", str(tmp_path / "x")])
+    with pytest.raises(CheckpointError, match="already quantized"):
+        ck.make_tiny_fp8(tmp_path / "twice", TINY_FP8)
+
+
+def test_hf_loaders_and_fp8_checkpoints(tmp_path):
+    with pytest.raises(CheckpointError, match="an FP8 checkpoint .*moe_lib.model.load_mixtral"):
+        ck.load_hf_model(TINY_FP8)
+    model = ck.load_hf_model_except_experts(TINY_FP8)
+    reference = ck.load_hf_model(TINY)
+    outside = {n: t for n, t in reference.state_dict().items() if ck.moe_layer_of(n) is None}
+    got = model.state_dict()
+    assert all(torch.equal(got[n], t) for n, t in outside.items())
+    assert getattr(model.config, "quantization_config", None) is None
+
+
+def fp8_changed(tmp_path: Path, change) -> Path:
+    tensors = all_tensors(TINY_FP8 / "model.safetensors")
+    change(tensors)
+    shutil.copy(TINY_FP8 / "config.json", tmp_path / "config.json")
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("change,line", [
+    (lambda t: t.pop(L0 + "experts.3.w1.weight_scale"), f"missing (1): {L0}experts.3.w1.weight_scale"),
+    (lambda t: t.pop(L0 + "experts.6.w2.input_scale"), f"missing (1): {L0}experts.6.w2.input_scale"),
+    (lambda t: t.update({L0 + "experts.3.w1.weight": t[L0 + "experts.3.w1.weight"].float()}),
+     f"wrong dtype (1): {L0}experts.3.w1.weight F32 (an FP8 checkpoint stores float8_e4m3fn)"),
+    (lambda t: t.update({L0 + "experts.3.w1.weight_scale": t[L0 + "experts.3.w1.weight_scale"].half()}),
+     f"wrong dtype (1): {L0}experts.3.w1.weight_scale F16 (an FP8 checkpoint stores float32)"),
+    (lambda t: t.update({L0 + "experts.3.w1.weight_scale": torch.ones(1)}),
+     f"wrong shape (1): {L0}experts.3.w1.weight_scale (1,) (expected ())"),
+    (lambda t: t.update({L0 + "experts.3.w1.weight_scale_inv": torch.ones(4, 2)}),
+     f"unknown names (1): {L0}experts.3.w1.weight_scale_inv"),
+    (lambda t: t.update({P0 + "self_attn.q_proj.weight": t[P0 + "self_attn.q_proj.weight"].to(torch.float8_e4m3fn)}),
+     f"wrong dtype (1): {P0}self_attn.q_proj.weight F8_E4M3 (the config says float32)"),
+    (lambda t: [t.pop(n) for n in list(t) if n.startswith("model.layers.1.block_sparse_moe.experts.")],
+     "missing (72): model.layers.1.block_sparse_moe.experts.0.w1.weight"),
+])
+def test_fp8_checkpoints_are_checked_whole(change, line, tmp_path):
+    from moe_lib.model import load_mixtral
+
+    path = fp8_changed(tmp_path, change)
+    with pytest.raises(CheckpointError, match="not a complete checkpoint of this model") as info:
+        ck.load_hf_model_except_experts(path)
+    assert any(entry.strip().startswith(line) for entry in str(info.value).splitlines()), str(info.value)
+    with pytest.raises(CheckpointError, match="not a complete checkpoint"):
+        load_mixtral(path)
+
+
+def test_corrupt_fp8_bytes_become_an_error(tmp_path):
+    """0x7F is NaN in e4m3fn (which has no Inf): the reader refuses it like an fp32 NaN."""
+    def poison(t):
+        q = t[L0 + "experts.2.w3.weight"].clone()
+        q.view(torch.uint8)[5, 7] = 0x7F
+        t[L0 + "experts.2.w3.weight"] = q
+
+    path = fp8_changed(tmp_path, poison)
+    assert len(ck.read_moe_weights(path, 1)) == 1 + 9 * E  # layer 1 is intact
+    with pytest.raises(CheckpointError, match=r"experts\.2\.w3\.weight holds NaN or Inf"):
+        ck.read_moe_weights(path, 0)

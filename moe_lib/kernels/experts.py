@@ -14,7 +14,9 @@ The steps, for M tokens routed to top_k experts each::
     align    topk_ids (M, k) -> sorted_token_ids, expert_ids, num_tokens_post_padded
              (one token: its k experts are distinct, slot j simply gets block j: no kernel, "decode" layout)
     gather   a1 (EM, H) = x in sorted order                  only with the TMA layout
+    quant1   x -> e4m3 and its scales                        only FP8 (use_fp8_w8a8)
     gemm1    act = silu(x @ w1[e].T) * (x @ w3[e].T)         (M*k, I), or (EM, I) in sorted order with TMA
+    quant2   act -> e4m3 and its scales                      only FP8
     gemm2    weight * act @ w2[e].T  -> out (top_k 1: "direct"; top_k 2: "atomic" add) or partial (M*k, H)
     sum_k    out = sum over k of partial                     only for the "pass" k-sum (top_k >= 3)
 
@@ -37,28 +39,43 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import triton
 
 from .. import runtime
 from .._alloc import empty
-from .._validate import check_bool, check_experts_args, check_id_values, check_router_logits
+from .._validate import (
+    FP8_KEYWORDS,
+    check_bool,
+    check_experts_args,
+    check_fp8_values,
+    check_id_values,
+    check_router_logits,
+    ids_checkable,
+)
 from ..runtime import Target
 from . import ops
 from .align import align_launch, align_sizes
-from .configs import get_config, split_config
+from .configs import get_config, load_config_table, nearest_row, split_config
 from .fused_moe import gather_sorted_rows, invoke_fused_moe_kernel, moe_sum, tma_usable
+from .quant import quantize_activation
 from .routing import topk_softmax_triton
 
 #: Every step a plan can have, in the order they run.
-STEPS = ("clear", "align", "gather", "gemm1", "gemm2", "sum_k")
+STEPS = ("clear", "align", "gather", "quant1", "gemm1", "quant2", "gemm2", "sum_k")
 #: How the sum over each token's k expert outputs is made.
 K_SUMS = ("direct", "atomic", "pass")
 #: A split last wave saves at most half a wave: measured on an H100 it paid from one wave up to about this many
 #: (past that it gained under 2 %; the bench runs before and after it are in data/bench/history/).
 SPLIT_TAIL_MAX_WAVES = 24
+#: FP8 on Hopper: the tensor core sums e4m3 products in a short accumulator; Triton's default (None) lets it run
+#: over a whole K loop. Measured on the H200 (data/bench/history/fp8_accumulate_H200/): against the fp64 layer
+#: with the activation quantizations emulated, None is off by 1.5-2.6e-2 at M >= 300 (K = 4096 and 14336), an
+#: fp32 add after every 128 products by 3.8-4.7e-3 and after every 32 by 3.4-4.4e-3 — at M <= 33 (no
+#: wgmma) all three give 2.4-2.6e-3. 128 (one K tile) it is; the bench's ``--fp8-accumulate`` measures others.
+FP8_ACCUMULATE: int | None = 128
 
 
 @dataclass(frozen=True)
@@ -74,11 +91,44 @@ class GemmStep:
     tma: bool
     c_sorted: bool
     split_tail: bool
+    scales: int = 0  # FP8: fused_moe_kernel's SCALES (1 per tensor, 2 per channel / token, 3 per block)
+    group_n: int = 1  # FP8 per block: the weight scale's block
+    group_k: int = 1
+    fp8_acc: int | None = None  # FP8: products summed in the tensor core between fp32 adds
 
     def launch_args(self) -> dict:
         return dict(a_rows_div=self.a_rows_div, c_rows_div=self.c_rows_div, gated=self.gated,
                     mul_routed_weight=self.mul_routed_weight, config=self.config, tma=self.tma,
-                    c_sorted=self.c_sorted, split_tail=self.split_tail)
+                    c_sorted=self.c_sorted, split_tail=self.split_tail, scales=self.scales, group_n=self.group_n,
+                    group_k=self.group_k, fp8_acc=self.fp8_acc)
+
+
+@dataclass(frozen=True)
+class Fp8:
+    """The FP8 w8a8 part of a plan (vLLM's ``use_fp8_w8a8``): e4m3 weights with fp32 scales, activations
+    quantized to e4m3 before each GEMM, x and the output in their own dtype.
+
+    weights       activations (a given a*_scale is static: one value; else computed per call)
+    "tensor"      one scale per tensor
+    "channel"     one per token (static: one value)
+    "block"       one per token and group of block_shape[1] columns (never static)
+    """
+
+    weights: str  # "tensor", "channel" or "block"
+    block_shape: tuple[int, int] | None = None
+    static_a1: bool = False
+    static_a2: bool = False
+    accumulate: int | None = None  # fp8_acc of both GEMMs (see GemmStep)
+
+    @property
+    def scales(self) -> int:
+        return {"tensor": 1, "channel": 2, "block": 3}[self.weights]
+
+    def quantize_kwargs(self) -> dict:
+        """How :func:`~moe_lib.kernels.quant.quantize_activation` quantizes a dynamic activation."""
+        if self.weights == "block":
+            return {"group": self.block_shape[1]}
+        return {"per_token": self.weights == "channel"}
 
 
 @dataclass(frozen=True)
@@ -103,6 +153,8 @@ class Plan:
     gemm2: GemmStep | None
     steps: tuple[str, ...]
     buffers: dict[str, tuple[int, ...]] = field(default_factory=dict)  # name -> shape, in dtype
+    fp8: Fp8 | None = None
+    zeroed: tuple[str, ...] = ()  # buffers that start as zeros (rows no kernel writes are read)
 
     @property
     def block_m(self) -> int:
@@ -116,6 +168,12 @@ class Plan:
                  f"layout   : {self.layout}, BLOCK_SIZE_M {self.block_m}, {self.sorted_len} sorted rows"
                  + (", TMA (sorted copy, tensor descriptors)" if self.tma else ""),
                  f"k-sum    : {self.k_sum}", f"PDL      : {self.pdl}"]
+        if self.fp8 is not None:
+            f = self.fp8
+            acts = "".join(f", a{i} {'static' if s else 'dynamic'}" for i, s in ((1, f.static_a1), (2, f.static_a2)))
+            lines.append(f"FP8      : e4m3 weights, {f.weights}-wise scales"
+                         + (f" {list(f.block_shape)}" if f.block_shape else "") + acts
+                         + (f", fp32 add every {f.accumulate} products" if f.accumulate else ""))
         for name, g in (("gemm1", self.gemm1), ("gemm2", self.gemm2)):
             c = g.config
             lines.append(f"{name}    : N={g.n} tiles {c['BLOCK_SIZE_M']}x{c['BLOCK_SIZE_N']}x{c['BLOCK_SIZE_K']}, "
@@ -125,10 +183,13 @@ class Plan:
         return "\n".join(lines)
 
     def bind(self, hidden_states: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
-             topk_ids: torch.Tensor, expert_map: torch.Tensor | None = None, *, ids_valid: bool = False) -> BoundPlan:
+             topk_ids: torch.Tensor, expert_map: torch.Tensor | None = None, *, ids_valid: bool = False,
+             scales: dict | None = None) -> BoundPlan:
         """Allocate the plan's buffers and the output for these (already validated) tensors. ``ids_valid``: the
-        values of topk_ids and expert_map were checked (else out-of-range values are dropped, never trusted)."""
-        return BoundPlan(self, hidden_states, w13, w2, topk_weights, topk_ids, expert_map, ids_valid=ids_valid)
+        values of topk_ids and expert_map were checked (else out-of-range values are dropped, never trusted).
+        ``scales``: FP8 plans' w1_scale, w2_scale, a1_scale, a2_scale (static ones; None = dynamic)."""
+        return BoundPlan(self, hidden_states, w13, w2, topk_weights, topk_ids, expert_map, ids_valid=ids_valid,
+                         scales=scales)
 
 
 def _split_tail(target: Target, sorted_len: int, n: int, config: dict, allowed: bool) -> bool:
@@ -156,8 +217,20 @@ def _fit_shared_memory(config: dict, target: Target, element: int, gated: bool =
 
 @functools.lru_cache(maxsize=1024)
 def _make_plan(num_tokens, hidden, inter, top_k, num_experts, num_local, dtype, target, config_json, has_expert_map,
-               ids_checked, ids_int32, descriptors_ok, split_tail, fuse_k_sum, pdl, config_dir) -> Plan:
-    if config_json is None:
+               ids_checked, ids_int32, descriptors_ok, split_tail, fuse_k_sum, pdl, config_dir, fp8) -> Plan:
+    if config_json is None and fp8 is not None:
+        # FP8 takes its own table (vLLM's ",dtype=fp8_w8a8" name; per block: the block table, else the per-tensor
+        # one, its K tiles cut to the scale block below); without one, the bf16 table's tiles (an e4m3 stage
+        # takes half their shared memory), else the heuristic.
+        table = None
+        for block_shape in dict.fromkeys((fp8.block_shape, None)):  # a block table, else the per-tensor one
+            if table is None and not target.interpret:
+                table = load_config_table(num_experts, inter, target.name, dtype="fp8_w8a8",
+                                          block_shape=block_shape, config_dir=config_dir)
+        config = nearest_row(table, num_tokens) if table else get_config(
+            num_tokens, num_experts, inter, hidden, top_k, device_name=target.name, interpret=target.interpret,
+            config_dir=config_dir)
+    elif config_json is None:
         # Tables are per dtype, as vLLM names them: bf16 and fp16 share the plain table; fp32 has its own
         # (",dtype=float32"; none ships: its tiles take twice the shared memory, so it takes the heuristic).
         config = get_config(num_tokens, num_experts, inter, hidden, top_k, device_name=target.name,
@@ -167,7 +240,9 @@ def _make_plan(num_tokens, hidden, inter, top_k, num_experts, num_local, dtype, 
         config = json.loads(config_json)
     up, down = split_config(config)
     up.pop("TMA", None)
-    element = torch.finfo(dtype).bits // 8
+    element = 1 if fp8 is not None else torch.finfo(dtype).bits // 8  # of the GEMMs' A and B tiles
+    if fp8 is not None and fp8.block_shape is not None:  # a K tile never straddles two scale blocks
+        up, down = ({**c, "BLOCK_SIZE_K": min(c["BLOCK_SIZE_K"], fp8.block_shape[1])} for c in (up, down))
     up, down = _fit_shared_memory(up, target, element, gated=True), _fit_shared_memory(down, target, element)
     if num_tokens == 0:
         return Plan(num_tokens, hidden, inter, top_k, num_experts, num_local, dtype, target, config, "empty", False,
@@ -187,25 +262,39 @@ def _make_plan(num_tokens, hidden, inter, top_k, num_experts, num_local, dtype, 
     sorted_len = top_k * bm if layout == "decode" else align_sizes(rows, bm, num_experts)[0]
     # The sorted layout read through tensor descriptors: asked for by the config, possible on Hopper (or in
     # the interpreter, which emulates descriptors) when every row of x and act is 16-byte aligned.
+    # (FP8 reads A through pointers: its activation scales are indexed by token, not by sorted position.)
     row_bytes_ok = all(n * torch.finfo(dtype).bits // 8 % 16 == 0 for n in (hidden, inter))
-    tma = (config.get("TMA", False) and (target.interpret or target.hopper) and descriptors_ok and row_bytes_ok)
+    tma = (config.get("TMA", False) and (target.interpret or target.hopper) and descriptors_ok and row_bytes_ok
+           and fp8 is None)
     use_pdl = (rows <= runtime.PDL_MAX_ROWS and target.hopper) if pdl is None else (pdl and target.hopper)
+    def quant(c):  # the FP8 fields of a GemmStep (a promotion interval is at most one K tile)
+        if fp8 is None:
+            return {}
+        bn, bk = fp8.block_shape or (1, 1)
+        acc = None if fp8.accumulate is None else min(fp8.accumulate, c["BLOCK_SIZE_K"])
+        return dict(scales=fp8.scales, group_n=bn, group_k=bk, fp8_acc=acc)
+
     gemm1 = GemmStep(up, inter, 1 if tma else top_k, 1, True, False, tma, tma,
-                     _split_tail(target, sorted_len, inter, up, split_tail))
+                     _split_tail(target, sorted_len, inter, up, split_tail), **quant(up))
     gemm2 = GemmStep(down, hidden, 1, top_k if k_sum == "atomic" else 1, False, True, tma, False,
-                     _split_tail(target, sorted_len, hidden, down, split_tail))
+                     _split_tail(target, sorted_len, hidden, down, split_tail), **quant(down))
     buffers = {}
     if tma:
         buffers["a1"] = (sorted_len, hidden)
     buffers["act"] = (sorted_len if tma else rows, inter)
     if k_sum == "pass":
         buffers["partial"] = (rows, hidden)
+    # A dynamic per-tensor scale of act reads every row of it: rows of dropped (unchecked, out-of-range) ids,
+    # which no GEMM1 program writes, must be zeros, not old memory.
+    zeroed = ("act",) if (fp8 is not None and fp8.weights == "tensor" and not fp8.static_a2 and not ids_checked
+                          and layout == "align") else ()
     # One token's layout needs no kernel: its int32 ids are the expert ids of its k blocks as they are.
     align = layout == "align" or not ids_int32
+    q1, q2 = (("quant1",), ("quant2",)) if fp8 is not None else ((), ())
     steps = (("clear",) if k_sum == "atomic" else ()) + (("align",) if align else ()) + (("gather",) if tma else ()) + (
-        "gemm1", "gemm2") + (("sum_k",) if k_sum == "pass" else ())
+        q1 + ("gemm1",) + q2 + ("gemm2",)) + (("sum_k",) if k_sum == "pass" else ())
     return Plan(num_tokens, hidden, inter, top_k, num_experts, num_local, dtype, target, config, layout, tma, k_sum,
-                use_pdl, sorted_len, gemm1, gemm2, steps, buffers)
+                use_pdl, sorted_len, gemm1, gemm2, steps, buffers, fp8, zeroed)
 
 
 def make_plan(
@@ -227,6 +316,7 @@ def make_plan(
     fuse_k_sum: bool = True,
     pdl: bool | None = None,
     config_dir: str | None = None,
+    fp8: Fp8 | None = None,
 ) -> Plan:
     """Every decision of a fused-experts call, from shapes alone (cached).
 
@@ -244,12 +334,15 @@ def make_plan(
         split_tail, fuse_k_sum: allow a split last wave / the sum over k inside GEMM2 (on by default; off
             only to measure or teach what they buy — neither changes the result).
         pdl: programmatic dependent launch; None: for calls of at most ``runtime.PDL_MAX_ROWS`` rows.
+        fp8: the FP8 w8a8 scheme (:class:`Fp8`); None: dtype throughout.
     """
+    if fp8 is not None and fp8.accumulate is None:
+        fp8 = replace(fp8, accumulate=FP8_ACCUMULATE)  # (None again if the policy is Triton's default)
     config_json = None if config is None else json.dumps(_checked(config), sort_keys=True)
     return _make_plan(num_tokens, hidden, inter, top_k, num_experts, num_experts if num_local is None else num_local,
                       dtype, target, config_json, bool(has_expert_map), bool(ids_checked), bool(ids_int32),
                       bool(descriptors_ok),
-                      bool(split_tail), bool(fuse_k_sum), pdl, None if config_dir is None else str(config_dir))
+                      bool(split_tail), bool(fuse_k_sum), pdl, None if config_dir is None else str(config_dir), fp8)
 
 
 def _checked(config: dict) -> dict:
@@ -261,11 +354,13 @@ class BoundPlan:
     """A plan with its tensors: ``out``, the buffers, and ``steps`` (name -> a closure that runs that step
     alone, for the benchmark's breakdown). :meth:`run` runs them in order and returns ``out``."""
 
-    def __init__(self, plan: Plan, x, w13, w2, topk_weights, topk_ids, expert_map=None, *, ids_valid: bool = False):
+    def __init__(self, plan: Plan, x, w13, w2, topk_weights, topk_ids, expert_map=None, *, ids_valid: bool = False,
+                 scales: dict | None = None):
         self.plan = p = plan
         device = x.device
         self.out = empty(p.num_tokens, p.hidden, dtype=p.dtype, device=device)
-        self.buffers = {name: empty(*shape, dtype=p.dtype, device=device) for name, shape in p.buffers.items()}
+        self.buffers = {name: (torch.zeros if name in p.zeroed else empty)(*shape, dtype=p.dtype, device=device)
+                        for name, shape in p.buffers.items()}
         self.steps: dict[str, callable] = {}
         if p.layout == "empty":
             return
@@ -303,18 +398,43 @@ class BoundPlan:
         def gather():
             gather_sorted_rows(x, self.layout[0], self.layout[2], top_k, out=a1, use_pdl=use_pdl)
 
+        # FP8: quant1 / quant2 leave (e4m3 A, A's scales) here for the GEMMs; the weights' scales are given.
+        scales = scales or {}
+        self.quantized = {"gemm1": (a1, None), "gemm2": (act, None)}
+        b_scales = {"gemm1": scales.get("w1_scale"), "gemm2": scales.get("w2_scale")}
+
+        def quantize(gemm, a, static):
+            if static is not None:
+                self.quantized[gemm] = quantize_activation(a, scale=static, use_pdl=use_pdl)
+            else:
+                self.quantized[gemm] = quantize_activation(a, **p.fp8.quantize_kwargs(), use_pdl=use_pdl)
+
+        def quant1():
+            quantize("gemm1", x, scales.get("a1_scale"))
+
+        def quant2():
+            quantize("gemm2", act, scales.get("a2_scale"))
+
+        def a_scale_of(s):  # a per-tensor scale is passed as one element
+            return None if s is None else (s.reshape(1) if s.dim() == 0 else s)
+
         def gemm1():
-            invoke_fused_moe_kernel(a1, w13, act, weights, *self.layout, **p.gemm1.launch_args(),
-                                    num_sms=num_sms, use_pdl=use_pdl)
+            a, a_s = self.quantized["gemm1"]
+            invoke_fused_moe_kernel(a, w13, act, weights, *self.layout, **p.gemm1.launch_args(),
+                                    num_sms=num_sms, use_pdl=use_pdl, a_scale=a_scale_of(a_s),
+                                    b_scale=b_scales["gemm1"])
 
         def gemm2():
-            invoke_fused_moe_kernel(act, w2, c2, weights, *self.layout, **p.gemm2.launch_args(),
-                                    num_sms=num_sms, use_pdl=use_pdl)
+            a, a_s = self.quantized["gemm2"]
+            invoke_fused_moe_kernel(a, w2, c2, weights, *self.layout, **p.gemm2.launch_args(),
+                                    num_sms=num_sms, use_pdl=use_pdl, a_scale=a_scale_of(a_s),
+                                    b_scale=b_scales["gemm2"])
 
         def sum_k():
             moe_sum(c2.view(p.num_tokens, top_k, p.hidden), self.out, topk_ids, p.num_experts, use_pdl=use_pdl)
 
-        local = {"clear": clear, "align": align, "gather": gather, "gemm1": gemm1, "gemm2": gemm2, "sum_k": sum_k}
+        local = {"clear": clear, "align": align, "gather": gather, "quant1": quant1, "gemm1": gemm1, "quant2": quant2,
+                 "gemm2": gemm2, "sum_k": sum_k}
         self.steps = {name: local[name] for name in p.steps}
 
     def run(self) -> torch.Tensor:
@@ -345,7 +465,7 @@ def plan_call(hidden_states: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, 
               expert_map: torch.Tensor | None = None, config: dict | None = None, *, ids_checked: bool = True,
               **options) -> Plan:
     """:func:`make_plan` for these (validated) tensors: their shapes, dtype and device, the memory facts.
-    ``options``: make_plan's policy keywords (split_tail, fuse_k_sum, pdl, config_dir)."""
+    ``options``: make_plan's policy keywords (split_tail, fuse_k_sum, pdl, config_dir, fp8)."""
     num_tokens, hidden = hidden_states.shape
     num_local, two_i = w13.shape[0], w13.shape[1]
     num_experts = num_local if expert_map is None else expert_map.shape[0]
@@ -366,13 +486,21 @@ def fused_experts(
     expert_map: torch.Tensor | None = None,
     config: dict | None = None,
     check_ids: bool = True,
+    use_fp8_w8a8: bool = False,
+    per_channel_quant: bool = False,
+    w1_scale: torch.Tensor | None = None,
+    w2_scale: torch.Tensor | None = None,
+    a1_scale: torch.Tensor | None = None,
+    a2_scale: torch.Tensor | None = None,
+    block_shape: list[int] | None = None,
+    check_scales: bool = True,
 ) -> torch.Tensor:
     """The experts of an MoE layer for already-routed tokens.
 
     Args:
         hidden_states: (M, H) tokens, fp32/fp16/bf16.
-        w13: (E, 2I, H) [w1; w3] per expert, same dtype; any strides.
-        w2: (E, H, I) per expert, same dtype; any strides.
+        w13: (E, 2I, H) [w1; w3] per expert, same dtype (e4m3 with ``use_fp8_w8a8``); any strides.
+        w2: (E, H, I) per expert, same dtype (e4m3 with ``use_fp8_w8a8``); any strides.
         topk_weights: (M, k) routing weights; topk_ids: (M, k) expert ids (global ids if expert_map).
         expert_map: optional (E_global,) global -> local expert id, -1 for experts on other ranks.
         config: kernel configuration (configs.CONFIG_KEYS, optionally "down": GEMM2 overrides, "TMA": the
@@ -383,25 +511,48 @@ def fused_experts(
             shape, dtype and device check stays). Unchecked values are never trusted: an out-of-range id is
             dropped (its slot adds nothing), an out-of-range map value counts as -1, nothing is read or written
             out of bounds.
+        use_fp8_w8a8: FP8 (vLLM's keywords): e4m3 weights with fp32 scales, the activations quantized to e4m3
+            before each GEMM; x and the output keep their dtype. Weight scales: per tensor ``w1_scale`` (E,)
+            and ``w2_scale`` (E,); per channel (``per_channel_quant``) (E, 2I, 1) and (E, H, 1), activations
+            per token; per block (``block_shape=[bn, bk]``) (E, ceil(2I/bn), ceil(H/bk)) and (E, ceil(H/bn),
+            ceil(I/bk)), activations per token and group of bk columns. ``a1_scale``/``a2_scale``: None for
+            dynamic activation scales, or one fp32 value each (static; not with block_shape).
+        check_scales: check on the host that every given scale is finite and > 0 (one device sync; skipped
+            while a CUDA graph is captured). False skips only that check.
 
     Returns:
         (M, H) in the dtype of hidden_states: sum over k of weight * expert(x). Bitwise the same for a token
-        whatever the batch around it (see the module docstring).
+        whatever the batch around it (see the module docstring; FP8 with a dynamic per-tensor activation scale
+        is the exception: the scale is the batch's).
     """
     check_bool("check_ids", check_ids)
+    check_bool("check_scales", check_scales)
+    fp8 = dict(use_fp8_w8a8=use_fp8_w8a8, per_channel_quant=per_channel_quant, w1_scale=w1_scale,
+               w2_scale=w2_scale, a1_scale=a1_scale, a2_scale=a2_scale, block_shape=block_shape)
     if torch.compiler.is_compiling():
         return ops.fused_experts(hidden_states, w13, w2, topk_weights, topk_ids, expert_map, config_json(config),
-                                 check_ids)
-    return run_fused_experts(hidden_states, w13, w2, topk_weights, topk_ids, expert_map, config, check_ids)
+                                 check_ids, **fp8, check_scales=check_scales)
+    return run_fused_experts(hidden_states, w13, w2, topk_weights, topk_ids, expert_map, config, check_ids,
+                             check_scales=check_scales, **fp8)
 
 
-def run_fused_experts(hidden_states, w13, w2, topk_weights, topk_ids, expert_map, config, check_ids) -> torch.Tensor:
+def run_fused_experts(hidden_states, w13, w2, topk_weights, topk_ids, expert_map, config, check_ids, *,
+                      check_scales: bool = True, **fp8) -> torch.Tensor:
     """:func:`fused_experts` run eagerly: validate, plan, bind, run (what the custom op runs too)."""
-    check_experts_args(hidden_states, w13, w2, topk_weights, topk_ids, expert_map, check_ids)
+    mode = check_experts_args(hidden_states, w13, w2, topk_weights, topk_ids, expert_map, check_ids, fp8)
     num_experts = w13.shape[0] if expert_map is None else expert_map.shape[0]
     checked = check_id_values(topk_ids, num_experts, expert_map, w13.shape[0], check_ids=check_ids)
-    plan = plan_call(hidden_states, w13, w2, topk_ids, expert_map, config, ids_checked=checked)
-    return plan.bind(hidden_states, w13, w2, topk_weights, topk_ids, expert_map, ids_valid=checked).run()
+    scheme = scales = None
+    if mode is not None:
+        scales = {k: fp8.get(k) for k in ("w1_scale", "w2_scale", "a1_scale", "a2_scale")}
+        if check_scales and ids_checkable(hidden_states.device):
+            check_fp8_values(**scales)
+        block = fp8.get("block_shape")
+        scheme = Fp8(mode, None if block is None else tuple(int(v) for v in block),
+                     static_a1=scales["a1_scale"] is not None, static_a2=scales["a2_scale"] is not None)
+    plan = plan_call(hidden_states, w13, w2, topk_ids, expert_map, config, ids_checked=checked, fp8=scheme)
+    return plan.bind(hidden_states, w13, w2, topk_weights, topk_ids, expert_map, ids_valid=checked,
+                     scales=scales).run()
 
 
 @torch.compiler.assume_constant_result
@@ -429,14 +580,19 @@ def fused_moe(
     expert_map: torch.Tensor | None = None,
     config: dict | None = None,
     check_ids: bool = True,
+    **fp8,
 ) -> torch.Tensor:
     """Routing (fp32 softmax top-k, Triton) then :func:`fused_experts`. ``router_logits``: (M, E) with one row
-    per token and one column per expert (E = w13.shape[0], or expert_map's length: the global experts)."""
+    per token and one column per expert (E = w13.shape[0], or expert_map's length: the global experts).
+    ``fp8``: fused_experts' FP8 keywords (use_fp8_w8a8, w1_scale, ..., check_scales)."""
     check_bool("check_ids", check_ids)
+    unknown = sorted(set(fp8) - set(FP8_KEYWORDS) - {"check_scales"})
+    if unknown:
+        raise TypeError(f"fused_moe got unexpected keyword arguments {unknown}")
     check_router_logits(router_logits, hidden_states, w13, expert_map)
     topk_weights, topk_ids = route(router_logits, top_k, renormalize)
     return fused_experts(hidden_states, w13, w2, topk_weights, topk_ids,
-                         expert_map=expert_map, config=config, check_ids=check_ids)
+                         expert_map=expert_map, config=config, check_ids=check_ids, **fp8)
 
 
 # The custom ops torch.ops.moe_lib.fused_experts / fused_moe run these (ops.py cannot import this module: this
@@ -444,5 +600,19 @@ def fused_moe(
 ops.implement("fused_experts", run_fused_experts)
 ops.implement("fused_moe", fused_moe)
 
-__all__ = ["STEPS", "K_SUMS", "GemmStep", "Plan", "BoundPlan", "make_plan", "plan_call", "fused_experts", "fused_moe",
-           "route", "run_fused_experts", "config_json"]
+__all__ = [
+    "STEPS",
+    "K_SUMS",
+    "FP8_ACCUMULATE",
+    "Fp8",
+    "GemmStep",
+    "Plan",
+    "BoundPlan",
+    "make_plan",
+    "plan_call",
+    "fused_experts",
+    "fused_moe",
+    "route",
+    "run_fused_experts",
+    "config_json",
+]

@@ -67,6 +67,8 @@ def fused_moe_kernel(
     USE_PDL: tl.constexpr = False,  # programmatic dependent launch (see runtime.pdl)
     SCALES: tl.constexpr = 0,  # FP8 w8a8: 0 none, 1 per tensor, 2 per channel / token, 3 per block / token group
     GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,  # SCALES 3: B's scale blocks (BLOCK_SIZE_K | GROUP_K)
+    FP8_ACC: tl.constexpr = None,  # FP8: products summed in the tensor core's own (short) accumulator before
+    #                                each fp32 add (None: Triton's default; on Hopper that is the whole K)
 ):
     pdl_start(USE_PDL)
     # -----------------------------------------------------------
@@ -91,7 +93,7 @@ def fused_moe_kernel(
                   stride_asm, stride_ask, stride_bse, stride_bsn, stride_bsk,
                   b_desc, pid_m, pid_n * BLOCK_SIZE_N,
                   A_ROWS_DIV, C_ROWS_DIV, GATED, MUL_ROUTED_WEIGHT, TMA, C_SORTED, COMPUTE_FP32, DOT_PRECISION,
-                  BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K, SCALES, GROUP_N, GROUP_K)
+                  BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K, SCALES, GROUP_N, GROUP_K, FP8_ACC)
     elif SPLIT_TAIL:
         half = pid - num_whole  # programs num_whole + 2t and + 2t + 1 share tile num_whole + t
         if half < 2 * (num_tiles - num_whole):
@@ -102,7 +104,8 @@ def fused_moe_kernel(
                       stride_asm, stride_ask, stride_bse, stride_bsn, stride_bsk,
                       b_half_desc, pid_m, pid_n * BLOCK_SIZE_N + (half % 2) * (BLOCK_SIZE_N // 2),
                       A_ROWS_DIV, C_ROWS_DIV, GATED, MUL_ROUTED_WEIGHT, TMA, C_SORTED, COMPUTE_FP32,
-                      DOT_PRECISION, BLOCK_SIZE_M, BLOCK_SIZE_N // 2, BLOCK_SIZE_K, SCALES, GROUP_N, GROUP_K)
+                      DOT_PRECISION, BLOCK_SIZE_M, BLOCK_SIZE_N // 2, BLOCK_SIZE_K, SCALES, GROUP_N, GROUP_K,
+                      FP8_ACC)
 
 
 @triton.jit
@@ -129,7 +132,7 @@ def _moe_tile(
     A_ROWS_DIV: tl.constexpr, C_ROWS_DIV: tl.constexpr, GATED: tl.constexpr, MUL_ROUTED_WEIGHT: tl.constexpr,
     TMA: tl.constexpr, C_SORTED: tl.constexpr, COMPUTE_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
-    SCALES: tl.constexpr, GROUP_N: tl.constexpr, GROUP_K: tl.constexpr,
+    SCALES: tl.constexpr, GROUP_N: tl.constexpr, GROUP_K: tl.constexpr, FP8_ACC: tl.constexpr,
 ):
     """One BLOCK_SIZE_M x BLOCK_SIZE_N tile of C (see fused_moe_kernel for the arguments)."""
     # -----------------------------------------------------------
@@ -193,9 +196,10 @@ def _moe_tile(
             k_group = (k * BLOCK_SIZE_K) // GROUP_K
             a_s = tl.load(a_scale_ptrs + k_group * stride_ask, mask=row_mask, other=0.0)  # (BLOCK_SIZE_M,)
             b_s = tl.load(b_scale_ptrs + k_group * stride_bsk, mask=col_mask, other=0.0)  # (BLOCK_SIZE_N,)
-            acc += tl.dot(a, b, input_precision=DOT_PRECISION) * (a_s[:, None] * b_s[None, :])
+            acc += tl.dot(a, b, input_precision=DOT_PRECISION, max_num_imprecise_acc=FP8_ACC) * (
+                a_s[:, None] * b_s[None, :])
         else:
-            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION, max_num_imprecise_acc=FP8_ACC)
         if GATED:
             if TMA:
                 b_up = b_desc.load([expert.to(tl.int32), N + row_b, k * BLOCK_SIZE_K])
@@ -206,9 +210,10 @@ def _moe_tile(
                 b_up = b_up.to(tl.float32)
             if SCALES == 3:
                 b_up_s = tl.load(b_up_scale_ptrs + k_group * stride_bsk, mask=col_mask, other=0.0)
-                acc_up += tl.dot(a, b_up, input_precision=DOT_PRECISION) * (a_s[:, None] * b_up_s[None, :])
+                acc_up += tl.dot(a, b_up, input_precision=DOT_PRECISION, max_num_imprecise_acc=FP8_ACC) * (
+                    a_s[:, None] * b_up_s[None, :])
             else:
-                acc_up = tl.dot(a, b_up, acc_up, input_precision=DOT_PRECISION)
+                acc_up = tl.dot(a, b_up, acc_up, input_precision=DOT_PRECISION, max_num_imprecise_acc=FP8_ACC)
             b_up_ptrs += BLOCK_SIZE_K * stride_bk
         a_ptrs += BLOCK_SIZE_K * stride_ak
         b_ptrs += BLOCK_SIZE_K * stride_bk
@@ -374,6 +379,7 @@ def invoke_fused_moe_kernel(
     scales: int = 0,
     group_n: int = 1,
     group_k: int = 1,
+    fp8_acc: int | None = None,
 ) -> None:
     """Launch one grouped GEMM: C[flat id // c_rows_div] (+)= A[flat id // a_rows_div] @ B[expert].T (see
     the kernel). ``topk_weights`` is flat (M * top_k,) fp32. With ``tma`` A is already in sorted order (row =
@@ -381,7 +387,8 @@ def invoke_fused_moe_kernel(
     ``c_sorted`` C's rows are sorted positions too. ``split_tail`` (needs ``num_sms``, the programs that run
     at once) adds up to num_sms / 2 programs for half-width tiles of a sparse last wave. FP8: ``scales`` 1 (per
     tensor: ``a_scale`` one value, ``b_scale`` (E,)), 2 (per token (rows, 1) / per channel (E, N, 1)) or 3 (per
-    token group (rows, K/group_k) / per block (E, N/group_n, K/group_k)), A and B in e4m3."""
+    token group (rows, K/group_k) / per block (E, N/group_n, K/group_k)), A and B in e4m3; ``fp8_acc``: products
+    summed in the tensor core before each fp32 add (at most BLOCK_SIZE_K; None: Triton's default)."""
     if scales and tma:  # the FP8 scales index A by flat id; a TMA A is indexed by sorted position
         raise ValueError("FP8 scales need the pointer path: pass tma=False with scales")
     if scales == 3 and group_k % config["BLOCK_SIZE_K"]:
@@ -433,6 +440,7 @@ def invoke_fused_moe_kernel(
             SCALES=scales,
             GROUP_N=group_n,
             GROUP_K=group_k,
+            FP8_ACC=fp8_acc if scales and not compute_fp32 else None,
         )
 
 

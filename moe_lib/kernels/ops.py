@@ -3,9 +3,13 @@
     torch.ops.moe_lib.topk_softmax(router_logits, top_k, renormalize)              -> (weights, ids)
     torch.ops.moe_lib.moe_align_block_size(topk_ids, block_size, num_experts, expert_map, num_local, check_ids)
                                                                                  -> (sorted ids, expert ids, total)
-    torch.ops.moe_lib.fused_experts(x, w13, w2, topk_weights, topk_ids, expert_map, config, check_ids) -> out
-    torch.ops.moe_lib.fused_moe(x, w13, w2, router_logits, top_k, renormalize, expert_map, config, check_ids)
-                                                                                 -> out
+    torch.ops.moe_lib.fused_experts(x, w13, w2, topk_weights, topk_ids, expert_map, config, check_ids,
+                                    <FP8 keywords>) -> out
+    torch.ops.moe_lib.fused_moe(x, w13, w2, router_logits, top_k, renormalize, expert_map, config, check_ids,
+                                <FP8 keywords>) -> out
+
+(the FP8 keywords are fused_experts': use_fp8_w8a8, per_channel_quant, w1_scale, w2_scale, a1_scale, a2_scale,
+block_shape, check_scales.)
 
 Each runs exactly the Python function of the same name (so the same bits), and has a fake implementation
 that computes the output's shape and dtype from the inputs' — with every check that needs no tensor values —
@@ -99,39 +103,62 @@ def _(topk_ids, block_size, num_experts, expert_map=None, num_local=None, check_
 # ----------------------------------------------------------------------------------------------------
 # The experts, and routing + experts
 # ----------------------------------------------------------------------------------------------------
+#: The FP8 part of both schemas (fused_experts' keywords, vLLM's names).
+_FP8_SCHEMA = ("bool use_fp8_w8a8=False, bool per_channel_quant=False, Tensor? w1_scale=None, Tensor? w2_scale=None, "
+               "Tensor? a1_scale=None, Tensor? a2_scale=None, int[]? block_shape=None, bool check_scales=True")
+
+
+def _fp8(use_fp8_w8a8, per_channel_quant, w1_scale, w2_scale, a1_scale, a2_scale, block_shape) -> dict:
+    return dict(use_fp8_w8a8=use_fp8_w8a8, per_channel_quant=per_channel_quant, w1_scale=w1_scale,
+                w2_scale=w2_scale, a1_scale=a1_scale, a2_scale=a2_scale,
+                block_shape=None if block_shape is None else list(block_shape))
+
+
 @torch.library.custom_op(
     f"{NAMESPACE}::fused_experts", mutates_args=(),
     schema="(Tensor hidden_states, Tensor w13, Tensor w2, Tensor topk_weights, Tensor topk_ids, "
-           "Tensor? expert_map=None, str? config=None, bool check_ids=True) -> Tensor")
-def fused_experts(hidden_states, w13, w2, topk_weights, topk_ids, expert_map=None, config=None, check_ids=True):
+           f"Tensor? expert_map=None, str? config=None, bool check_ids=True, {_FP8_SCHEMA}) -> Tensor")
+def fused_experts(hidden_states, w13, w2, topk_weights, topk_ids, expert_map=None, config=None, check_ids=True,
+                  use_fp8_w8a8=False, per_channel_quant=False, w1_scale=None, w2_scale=None, a1_scale=None,
+                  a2_scale=None, block_shape=None, check_scales=True):
+    fp8 = _fp8(use_fp8_w8a8, per_channel_quant, w1_scale, w2_scale, a1_scale, a2_scale, block_shape)
     return _EAGER["fused_experts"](hidden_states, w13, w2, topk_weights, topk_ids, expert_map, _config(config),
-                                   check_ids)
+                                   check_ids, check_scales=check_scales, **fp8)
 
 
 @fused_experts.register_fake
-def _(hidden_states, w13, w2, topk_weights, topk_ids, expert_map=None, config=None, check_ids=True):
-    check_experts_args(hidden_states, w13, w2, topk_weights, topk_ids, expert_map, check_ids)
+def _(hidden_states, w13, w2, topk_weights, topk_ids, expert_map=None, config=None, check_ids=True,
+      use_fp8_w8a8=False, per_channel_quant=False, w1_scale=None, w2_scale=None, a1_scale=None, a2_scale=None,
+      block_shape=None, check_scales=True):
+    fp8 = _fp8(use_fp8_w8a8, per_channel_quant, w1_scale, w2_scale, a1_scale, a2_scale, block_shape)
+    check_experts_args(hidden_states, w13, w2, topk_weights, topk_ids, expert_map, check_ids, fp8)
+    check_bool("check_scales", check_scales)
     return hidden_states.new_empty(hidden_states.shape)
 
 
 @torch.library.custom_op(
     f"{NAMESPACE}::fused_moe", mutates_args=(),
     schema="(Tensor hidden_states, Tensor w13, Tensor w2, Tensor router_logits, int top_k, bool renormalize=True, "
-           "Tensor? expert_map=None, str? config=None, bool check_ids=True) -> Tensor")
+           f"Tensor? expert_map=None, str? config=None, bool check_ids=True, {_FP8_SCHEMA}) -> Tensor")
 def fused_moe(hidden_states, w13, w2, router_logits, top_k, renormalize=True, expert_map=None, config=None,
-              check_ids=True):
+              check_ids=True, use_fp8_w8a8=False, per_channel_quant=False, w1_scale=None, w2_scale=None,
+              a1_scale=None, a2_scale=None, block_shape=None, check_scales=True):
+    fp8 = _fp8(use_fp8_w8a8, per_channel_quant, w1_scale, w2_scale, a1_scale, a2_scale, block_shape)
     return _EAGER["fused_moe"](hidden_states, w13, w2, router_logits, top_k, renormalize, expert_map=expert_map,
-                               config=_config(config), check_ids=check_ids)
+                               config=_config(config), check_ids=check_ids, check_scales=check_scales, **fp8)
 
 
 @fused_moe.register_fake
 def _(hidden_states, w13, w2, router_logits, top_k, renormalize=True, expert_map=None, config=None,
-      check_ids=True):
+      check_ids=True, use_fp8_w8a8=False, per_channel_quant=False, w1_scale=None, w2_scale=None, a1_scale=None,
+      a2_scale=None, block_shape=None, check_scales=True):
     check_router_logits(router_logits, hidden_states, w13, expert_map)
     _check_routing_args(router_logits, top_k, renormalize)
     m = router_logits.shape[0]
+    fp8 = _fp8(use_fp8_w8a8, per_channel_quant, w1_scale, w2_scale, a1_scale, a2_scale, block_shape)
     check_experts_args(hidden_states, w13, w2, router_logits.new_empty(m, top_k, dtype=torch.float32),
-                       router_logits.new_empty(m, top_k, dtype=torch.int32), expert_map, check_ids)
+                       router_logits.new_empty(m, top_k, dtype=torch.int32), expert_map, check_ids, fp8)
+    check_bool("check_scales", check_scales)
     return hidden_states.new_empty(hidden_states.shape)
 
 

@@ -22,8 +22,9 @@ import triton.language as tl
 
 from .. import runtime
 from .._alloc import empty
+from .._validate import FP8_DTYPE, check_block_shape
+from ..runtime import pdl_start
 
-FP8_DTYPE = torch.float8_e4m3fn
 #: The largest e4m3 value: every quantized value saturates to ±FP8_MAX.
 FP8_MAX = 448.0
 #: A scale never falls below this (an all-zero tensor still gets a finite, positive scale).
@@ -36,14 +37,6 @@ MIN_SCALE = 1.0 / (FP8_MAX * 512.0)
 def to_e4m3(x: torch.Tensor) -> torch.Tensor:
     """Round to e4m3 (nearest, ties to even), saturating at ±448."""
     return x.float().clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
-
-
-def _check_block_shape(block_shape) -> tuple[int, int]:
-    if (not isinstance(block_shape, (list, tuple)) or len(block_shape) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 and not v & (v - 1)
-                       for v in block_shape)):
-        raise ValueError(f"block_shape must be [bn, bk], two positive powers of two, got {block_shape!r}")
-    return block_shape[0], block_shape[1]
 
 
 def _scale_of(amax: torch.Tensor) -> torch.Tensor:
@@ -63,7 +56,7 @@ def quantize_weight(w: torch.Tensor, mode: str = "tensor", block_shape=None) -> 
         scale = _scale_of(w.abs().amax(dim=2, keepdim=True))  # (E, N, 1)
         return to_e4m3(w / scale), scale
     if mode == "block":
-        bn, bk = _check_block_shape(block_shape)
+        bn, bk = check_block_shape(block_shape)
         e, n, k = w.shape
         padded = torch.zeros(e, triton.cdiv(n, bn) * bn, triton.cdiv(k, bk) * bk, dtype=w.dtype, device=w.device)
         padded[:, :n, :k] = w
@@ -82,7 +75,7 @@ def dequantize_weight(q: torch.Tensor, scale: torch.Tensor, block_shape=None) ->
     """fp32 weights back from e4m3 ones and their scales (the layout is read from the scales' shape)."""
     e, n, k = q.shape
     if block_shape is not None:
-        bn, bk = _check_block_shape(block_shape)
+        bn, bk = check_block_shape(block_shape)
         return q.float() * expand_block_scale(scale.float(), n, k, bn, bk)
     if scale.dim() == 1:
         return q.float() * scale.float()[:, None, None]
@@ -116,7 +109,7 @@ def quantize_activation_torch(x: torch.Tensor, group: int | None = None, *, per_
     elif per_token:
         s = _scale_of(x.abs().amax(dim=1, keepdim=True))  # (M, 1)
     else:
-        s = _scale_of(x.abs().amax()).reshape(1, 1)
+        s = _scale_of(x.abs().amax() if x.numel() else x.new_zeros(())).reshape(1, 1)
     return to_e4m3(x / s), s if (per_token and scale is None) else s.reshape(())
 
 
@@ -139,18 +132,24 @@ def round_e4m3(x):
 
 @triton.jit
 def quantize_kernel(
-    # Pointers: x (M, K) in, q (M, K) e4m3 out, scales: in (one, static or per tensor) or out (per row group)
-    x_ptr, q_ptr, scale_ptr,
-    # Sizes
-    M, K,
+    # Pointers: x (M, K) in, q (M, K) e4m3 out, scales (fp32): read (static) or written (dynamic), and the
+    # per-program maxima of absmax_kernel (SCALE_MODE 2)
+    x_ptr, q_ptr, scale_ptr, partial_ptr,
+    # Sizes: num_partial = programs of absmax_kernel
+    M, K, num_partial,
     # Strides
     stride_xm, stride_xk, stride_qm, stride_qk, stride_sm, stride_sg,
     # Meta-parameters
-    PER_GROUP: tl.constexpr,  # compute one scale per (row, GROUP columns) here and store it; else read one scale
-    GROUP: tl.constexpr,  # columns per program (a power of two; per group: the group size)
+    SCALE_MODE: tl.constexpr,  # 0 read one scale; 1 compute one per (row, GROUP columns) and store it;
+    #                            2 one for the tensor from absmax_kernel's maxima; 3 one for the tensor, which
+    #                            this one program covers whole
+    GROUP: tl.constexpr,  # columns per program (a power of two; SCALE_MODE 1: the group size)
     ROUND_IN_FP32: tl.constexpr,  # the interpreter casts fp32 -> fp8 wrongly: round on the grid first
     BLOCK_M: tl.constexpr,
+    PARTIAL_BLOCK: tl.constexpr = 1024,  # SCALE_MODE 2: maxima read at a time
+    USE_PDL: tl.constexpr = False,  # programmatic dependent launch (see runtime.pdl)
 ):
+    pdl_start(USE_PDL)
     pid_m = tl.program_id(axis=0)
     pid_g = tl.program_id(axis=1)
     offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
@@ -158,13 +157,27 @@ def quantize_kernel(
     mask = (offs_m[:, None] < M) & (offs_k[None, :] < K)
     x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk, mask=mask, other=0.0)
     x = x.to(tl.float32)
-    if PER_GROUP:
+    if SCALE_MODE == 1:
         amax = tl.max(tl.abs(x), axis=1)  # (BLOCK_M,)
         scale = tl.maximum(amax / 448.0, 1.0 / (448.0 * 512.0))
         tl.store(scale_ptr + offs_m * stride_sm + pid_g * stride_sg, scale, mask=offs_m < M)
         y = x / scale[:, None]
     else:
-        y = x / tl.load(scale_ptr)
+        if SCALE_MODE == 0:
+            scale = tl.load(scale_ptr)
+        else:
+            if SCALE_MODE == 2:  # every program reduces the (few) maxima itself: no extra launch
+                amax = 0.0
+                for start in range(0, num_partial, PARTIAL_BLOCK):
+                    offs_p = start + tl.arange(0, PARTIAL_BLOCK)
+                    amax = tl.maximum(amax, tl.max(tl.load(partial_ptr + offs_p, mask=offs_p < num_partial,
+                                                           other=0.0), axis=0))
+            else:
+                amax = tl.max(tl.max(tl.abs(x), axis=1), axis=0)
+            scale = tl.maximum(amax / 448.0, 1.0 / (448.0 * 512.0))
+            if (pid_m == 0) & (pid_g == 0):
+                tl.store(scale_ptr, scale)
+        y = x / scale
     y = tl.minimum(tl.maximum(y, -448.0), 448.0)
     if ROUND_IN_FP32:
         y = round_e4m3(y)
@@ -177,7 +190,9 @@ def absmax_kernel(
     x_ptr, partial_ptr,  # x (M, K); partial (programs,) fp32: each program's largest |x|
     M, K, stride_xm, stride_xk,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
+    pdl_start(USE_PDL)
     pid = tl.program_id(axis=0)
     offs_m = (pid * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     amax = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -189,19 +204,25 @@ def absmax_kernel(
     tl.store(partial_ptr + pid, tl.max(amax, axis=0))
 
 
-def _block_rows(group: int) -> int:
+def _block_rows(width: int) -> int:
     # ~4K values per program on a GPU, large programs in the interpreter (each is a numpy round trip)
-    return max(1, (65536 if runtime.INTERPRET else 4096) // group)
+    return max(1, (65536 if runtime.INTERPRET else 4096) // width)
+
+
+#: A dynamic per-tensor scale is computed by the quantizing program itself when one program holds the whole
+#: tensor (decode: one launch instead of two); past this many values, absmax_kernel runs first.
+ONE_PROGRAM_VALUES = 16384
 
 
 def quantize_activation(x: torch.Tensor, group: int | None = None, *, per_token: bool = False,
-                        scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        scale: torch.Tensor | None = None, use_pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(M, K) activations -> (e4m3 (M, K), fp32 scales), on the device, no host sync: with a given ``scale`` (a
     one-element tensor: static), dynamically per tensor (a scalar), per token (``per_token``: (M, 1)) or per
-    token group of ``group`` columns ((M, ceil(K/group))). Same results as :func:`quantize_activation_torch`."""
+    token group of ``group`` columns ((M, ceil(K/group))). Same results as :func:`quantize_activation_torch`.
+    ``use_pdl``: programmatic dependent launch (a plan's decision, :mod:`moe_lib.kernels.experts`)."""
     m, k = x.shape
     q = empty(m, k, dtype=FP8_DTYPE, device=x.device)
-    round_in_fp32 = runtime.INTERPRET
+    args = dict(ROUND_IN_FP32=runtime.INTERPRET, USE_PDL=use_pdl, launch_pdl=use_pdl)
     if scale is None and (group is not None or per_token):
         width = triton.next_power_of_2(k) if group is None else group
         groups = 1 if group is None else triton.cdiv(k, group)
@@ -210,28 +231,36 @@ def quantize_activation(x: torch.Tensor, group: int | None = None, *, per_token:
         if m:
             with runtime.quiet_interpreter():
                 quantize_kernel[(triton.cdiv(m, block_m), groups)](
-                    x, q, scales, m, k, x.stride(0), x.stride(1), q.stride(0), q.stride(1),
-                    scales.stride(0), scales.stride(1),
-                    PER_GROUP=True, GROUP=width, ROUND_IN_FP32=round_in_fp32, BLOCK_M=block_m)
+                    x, q, scales, scales, m, k, 0, x.stride(0), x.stride(1), q.stride(0), q.stride(1),
+                    scales.stride(0), scales.stride(1), SCALE_MODE=1, GROUP=width, BLOCK_M=block_m, **args)
         return q, scales
-    if scale is None:  # dynamic per tensor: the largest |x| over all programs, then one scale
-        block_k = min(triton.next_power_of_2(max(k, 1)), 4096 if runtime.INTERPRET else 1024)
-        block_m = min(_block_rows(block_k), triton.next_power_of_2(max(m, 1)))
-        partial = torch.zeros(max(1, triton.cdiv(m, block_m)), dtype=torch.float32, device=x.device)
-        if m:
-            with runtime.quiet_interpreter():
-                absmax_kernel[(triton.cdiv(m, block_m),)](x, partial, m, k, x.stride(0), x.stride(1),
-                                                          BLOCK_M=block_m, BLOCK_K=block_k)
-        scale = (partial.amax() / FP8_MAX).clamp(min=MIN_SCALE)
-    scale = scale.reshape(()).to(torch.float32)
     width = min(triton.next_power_of_2(max(k, 1)), 4096 if runtime.INTERPRET else 1024)
     block_m = min(_block_rows(width), triton.next_power_of_2(max(m, 1)))
+    if scale is not None:
+        mode, out_scale, partial = 0, scale.reshape(()).to(torch.float32), scale
+    else:
+        out_scale = empty(1, dtype=torch.float32, device=x.device)
+        whole = triton.next_power_of_2(max(m, 1)) * triton.next_power_of_2(max(k, 1))
+        if whole <= ONE_PROGRAM_VALUES * (256 if runtime.INTERPRET else 1):  # big programs in the interpreter
+            mode, partial = 3, out_scale
+            width, block_m = triton.next_power_of_2(max(k, 1)), triton.next_power_of_2(max(m, 1))
+        else:  # the largest |x| per program first; the quantizing programs reduce those maxima
+            mode = 2
+            block_k = width
+            partial = empty(triton.cdiv(m, block_m), dtype=torch.float32, device=x.device)
+            with runtime.quiet_interpreter():
+                absmax_kernel[(partial.numel(),)](x, partial, m, k, x.stride(0), x.stride(1),
+                                                  BLOCK_M=block_m, BLOCK_K=block_k, USE_PDL=use_pdl,
+                                                  launch_pdl=use_pdl)
+        if m == 0:  # nothing to scale: the smallest scale, as for an all-zero tensor
+            out_scale.fill_(MIN_SCALE)
     if m:
         with runtime.quiet_interpreter():
             quantize_kernel[(triton.cdiv(m, block_m), triton.cdiv(k, width))](
-                x, q, scale, m, k, x.stride(0), x.stride(1), q.stride(0), q.stride(1), 0, 0,
-                PER_GROUP=False, GROUP=width, ROUND_IN_FP32=round_in_fp32, BLOCK_M=block_m)
-    return q, scale
+                x, q, out_scale, partial, m, k, partial.numel(), x.stride(0), x.stride(1), q.stride(0),
+                q.stride(1), 0, 0, SCALE_MODE=mode, GROUP=width, BLOCK_M=block_m,
+                num_warps=8 if mode == 3 else 4, **args)
+    return q, out_scale.reshape(())
 
 
 __all__ = [
@@ -247,5 +276,6 @@ __all__ = [
     "quantize_activation",
     "quantize_kernel",
     "absmax_kernel",
+    "ONE_PROGRAM_VALUES",
     "round_e4m3",
 ]

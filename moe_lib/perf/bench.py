@@ -33,7 +33,9 @@ import torch
 import triton
 
 from .. import runtime
-from ..kernels.experts import fused_experts, make_plan, plan_call
+from ..kernels import experts
+from ..kernels.experts import Fp8, fused_experts, make_plan, plan_call
+from ..kernels.quant import quantize_weight
 from ..kernels.routing import topk_softmax_triton
 from ..reference import silu_and_mul
 from .floors import MIXTRAL, floor_us
@@ -43,6 +45,9 @@ from .timing import graph_us, time_calls
 M_VALUES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 TP_VALUES = (1, 2, 4, 8)
 IMPLS = ("moe_lib", "grouped_mm", "loop")
+#: FP8 w8a8 (``--impl moe_lib_fp8 moe_lib_fp8_block``): e4m3 weights, dynamic activation scales, as vLLM's
+#: FP8 figures were taken: per tensor, or 128 x 128 weight blocks with activations per token group of 128.
+FP8_IMPLS = {"moe_lib_fp8": None, "moe_lib_fp8_block": (128, 128)}
 DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "bench"
 
 
@@ -63,6 +68,14 @@ def measure_ceilings(sustained: bool = False) -> dict[str, float]:
     result = {"copy_TBps": 2 * n / copy_us / 1e6, "matmul_TFLOPs": 2 * size**3 / mm_us / 1e6}
     if sustained:
         result["matmul_sustained_TFLOPs"] = 2 * size**3 / graph_us(lambda: torch.mm(a, b), 10, 20) / 1e6
+    if torch.cuda.get_device_capability() >= (8, 9) and hasattr(torch, "_scaled_mm"):  # e4m3 tensor cores
+        a8, b8 = a.to(torch.float8_e4m3fn), b.to(torch.float8_e4m3fn).t().contiguous().t()  # B column-major
+        one = torch.ones((), device="cuda")
+
+        def fp8_mm():
+            return torch._scaled_mm(a8, b8, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+
+        result["fp8_matmul_TFLOPs"] = 2 * size**3 / statistics.median(time_calls(fp8_mm)) / 1e6
     return result
 
 
@@ -102,7 +115,25 @@ def layer_grouped_mm(x, w13, w2, logits, top_k, config=None):
     return out.sum(1)
 
 
-LAYERS = {"moe_lib": layer_moe_lib, "loop": layer_loop, "grouped_mm": layer_grouped_mm}
+def fp8_layer(block_shape):
+    """The FP8 layer: w13 and w2 come as (e4m3 weights, scales) pairs (:func:`fp8_weights`)."""
+
+    def layer(x, w13, w2, logits, top_k, config=None):
+        weights, ids = topk_softmax_triton(logits, top_k)
+        return fused_experts(x, w13[0], w2[0], weights, ids, config=config, check_ids=False, use_fp8_w8a8=True,
+                             w1_scale=w13[1], w2_scale=w2[1], block_shape=block_shape, check_scales=False)
+
+    return layer
+
+
+def fp8_weights(w13, w2, block_shape):
+    """bf16 weights -> ((e4m3 w13, scales), (e4m3 w2, scales)), per tensor or per block."""
+    mode = "tensor" if block_shape is None else "block"
+    return quantize_weight(w13, mode, block_shape), quantize_weight(w2, mode, block_shape)
+
+
+LAYERS = {"moe_lib": layer_moe_lib, "loop": layer_loop, "grouped_mm": layer_grouped_mm,
+          **{name: fp8_layer(block) for name, block in FP8_IMPLS.items()}}
 
 
 # ---- timing ----------------------------------------------------------------------------------------
@@ -157,7 +188,7 @@ def time_steps(num_tokens: int = 8192, tp: int = 8) -> dict:
 
 
 #: The columns of a breakdown: routing, then every step a plan can have, then the whole layer.
-BREAKDOWN_COLUMNS = ("routing", "clear", "align", "gather", "gemm1", "gemm2", "sum_k", "layer")
+BREAKDOWN_COLUMNS = ("routing", *experts.STEPS, "layer")
 
 
 def breakdown(tp: int, m: int, config: dict | None = None, repeats: int = 20, **options) -> dict[str, float]:
@@ -195,6 +226,7 @@ def run(tps=TP_VALUES, ms=M_VALUES, impls=IMPLS, calls=10, replays=20, out_path=
         "method": f"CUDA graph of {calls} layer calls, median of {replays} replays, fresh logits per replay; "
         "loop: eager, CUDA events; t_s = seconds from t0_unix (the first ceilings just measured) to the point's end",
         "shape": dict(MIXTRAL, dtype="bfloat16"),
+        "fp8_accumulate": experts.FP8_ACCUMULATE,  # FP8 impls: products per fp32 add (None: Triton's default)
         "ceilings": ceilings,
         "t0_unix": round(t0_unix, 2),  # when t_s = 0, to line the points up with a clock or power log
         "records": [],
@@ -211,6 +243,7 @@ def run(tps=TP_VALUES, ms=M_VALUES, impls=IMPLS, calls=10, replays=20, out_path=
     for tp in tps:
         w13, w2 = make_weights(tp, gen)
         n = w2.shape[2]
+        quantized = {impl: fp8_weights(w13, w2, block) for impl, block in FP8_IMPLS.items() if impl in impls}
         for m in ms:
             x = torch.randn(m, h, device="cuda", dtype=torch.bfloat16, generator=gen)
             pool = [torch.randn(m, e, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(8)]
@@ -218,19 +251,25 @@ def run(tps=TP_VALUES, ms=M_VALUES, impls=IMPLS, calls=10, replays=20, out_path=
             # floor of a point is the median, over the timed replays, of the floor of the routing replayed.
             touched = [topk_softmax_triton(lg, top_k)[1].unique().numel() for lg in pool]
             replayed = [touched[i % len(pool)] for i in range(2, replays + 2)]  # the entries the timed replays use
-            fl = floor_us(m, tp, ceilings, experts=statistics.median(replayed))
-            expected = floor_us(m, tp, ceilings)["floor_us"]
             for impl in impls:
                 fn = LAYERS[impl]
                 if impl == "grouped_mm" and not hasattr(torch, "_grouped_mm"):
                     continue
-                config = make_plan(m, h, n, top_k, e, dtype=x.dtype, target=runtime.target(x.device)).config \
-                    if impl == "moe_lib" else None
+                fp8 = impl in FP8_IMPLS
+                # FP8: weights of one byte, products at the e4m3 matmul rate
+                point_ceilings = dict(ceilings, matmul_TFLOPs=ceilings.get("fp8_matmul_TFLOPs")) if fp8 else ceilings
+                nbytes = 1 if fp8 else 2
+                fl = floor_us(m, tp, point_ceilings, experts=statistics.median(replayed), bytes_per_weight=nbytes)
+                expected = floor_us(m, tp, point_ceilings, bytes_per_weight=nbytes)["floor_us"]
+                plan_fp8 = Fp8("block" if FP8_IMPLS[impl] else "tensor", FP8_IMPLS[impl]) if fp8 else None
+                config = make_plan(m, h, n, top_k, e, dtype=x.dtype, target=runtime.target(x.device),
+                                   fp8=plan_fp8).config if impl.startswith("moe_lib") else None
+                a, b = quantized[impl] if fp8 else (w13, w2)
                 try:
                     if impl == "loop":
-                        us = time_layer_eager(fn, x, w13, w2, top_k, replays, pool, config)
+                        us = time_layer_eager(fn, x, a, b, top_k, replays, pool, config)
                     else:
-                        us = time_layer_graph(fn, x, w13, w2, top_k, calls, replays, pool, config)
+                        us = time_layer_graph(fn, x, a, b, top_k, calls, replays, pool, config)
                 except Exception as exc:  # a peer that this torch cannot run is recorded, not fatal
                     result["records"].append({"tp": tp, "M": m, "impl": impl, "us": None, "error": repr(exc)[:200]})
                     if verbose:
@@ -244,7 +283,7 @@ def run(tps=TP_VALUES, ms=M_VALUES, impls=IMPLS, calls=10, replays=20, out_path=
                 if verbose:
                     print(f"{tp:>3} {m:>5} {impl:>11} {us:>9.1f} {fl['flops'] / us / 1e6:>8.1f} "
                           f"{fl['weight_bytes'] / us / 1e6:>7.2f} {100 * fl['floor_us'] / us:>6.0f}%")
-        del w13, w2
+        del w13, w2, quantized
         torch.cuda.empty_cache()
     # The same ceilings once more, with the card as warm as the last points found it.
     result["ceilings_end"] = measure_ceilings(sustained=True)
@@ -265,13 +304,18 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tp", type=int, nargs="+", default=list(TP_VALUES))
     p.add_argument("--m", type=int, nargs="+", default=list(M_VALUES))
-    p.add_argument("--impl", nargs="+", default=list(IMPLS), choices=IMPLS)
+    p.add_argument("--impl", nargs="+", default=list(IMPLS), choices=IMPLS + tuple(FP8_IMPLS))
+    p.add_argument("--fp8-accumulate", type=int, default=None,
+                   help="FP8: products summed in the tensor core between fp32 adds (0: Triton's default, the whole "
+                        "K tile loop); default: experts.FP8_ACCUMULATE")
     p.add_argument("--calls", type=int, default=10)
     p.add_argument("--replays", type=int, default=20)
     p.add_argument("--out", default=None, help="JSON path (default: data/bench/<gpu name>.json)")
     p.add_argument("--breakdown", action="store_true", help="time each step of the layer at each (tp, M) instead")
     p.add_argument("--power-log", default=None, help="CSV path: sample clocks and power during the run (nvidia-smi)")
     a = p.parse_args(argv)
+    if a.fp8_accumulate is not None:  # an A/B knob for one run: the plan reads the policy at every call
+        experts.FP8_ACCUMULATE = a.fp8_accumulate or None
     if a.breakdown:
         print(f"{'tp':>3} {'M':>5}  " + "  ".join(f"{name:>8}" for name in BREAKDOWN_COLUMNS))
         for tp in a.tp:

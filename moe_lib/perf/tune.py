@@ -2,6 +2,7 @@
 
     python -m moe_lib.perf.tune                  # Mixtral: N = 14336/tp for tp in 1 2 4 8
     python -m moe_lib.perf.tune --tp 8 --m 1 16 64
+    python -m moe_lib.perf.tune --fp8 tensor         # FP8 w8a8 tables (",dtype=fp8_w8a8"); --fp8 block: [128,128]
 
 For each (N, M) and each BLOCK_SIZE_M (shared by both GEMMs, since they walk the same aligned blocks),
 GEMM1 (x w13, gate and up) and GEMM2 (x w2) are timed *separately* over their candidates, each alone in a
@@ -22,14 +23,16 @@ import torch
 
 from .. import runtime
 from ..kernels.configs import CONFIG_DIR, config_file_name, read_config_table
-from ..kernels.experts import plan_call
+from ..kernels.experts import Fp8, plan_call
 from ..kernels.routing import topk_softmax_triton
-from .bench import MIXTRAL, make_weights
+from .bench import MIXTRAL, fp8_weights, make_weights
 from .timing import graph_us
 
 #: The M grid of the tables: dense where the best tiles change (the lookup takes the nearest row).
 TUNE_M = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
 SMEM_BYTES = 227 * 1024  # an H100 block's shared memory
+#: ``--fp8``: the weight-scale layout -> the table's block_shape (vLLM's names)
+FP8_BLOCKS = {"tensor": None, "block": (128, 128)}
 
 
 def block_m_choices(m: int) -> tuple[int, ...]:
@@ -39,18 +42,23 @@ def block_m_choices(m: int) -> tuple[int, ...]:
     return (16,) if m <= 32 else (16, 32, 64) if m <= 96 else (32, 64, 128) if m <= 384 else (64, 128)
 
 
-def candidates(m: int, block_m: int, gated: bool) -> list[dict]:
+def candidates(m: int, block_m: int, gated: bool, element: int = 2, max_k: int | None = None) -> list[dict]:
     """Tile shapes to try for one GEMM. Small M is bandwidth-bound (skinny tiles, deep K, deep pipelines);
-    large M is compute-bound (big tiles, 8 warps, grouped launch order for L2 reuse)."""
+    large M is compute-bound (big tiles, 8 warps, grouped launch order for L2 reuse). ``element``: bytes per
+    A/B value (1 for FP8: twice the K per stage fits); ``max_k``: the largest BLOCK_SIZE_K (FP8 blocks)."""
+    fp8 = element == 1  # twice the K per stage fits
     if m <= 32:
         space = dict(BLOCK_SIZE_N=[16, 32, 64], BLOCK_SIZE_K=[128, 256], GROUP_SIZE_M=[1], num_warps=[4],
-                     num_stages=[3, 4, 5])
+                     num_stages=[3, 4] if fp8 else [3, 4, 5])
     elif m <= 256:
-        space = dict(BLOCK_SIZE_N=[64, 128, 256], BLOCK_SIZE_K=[64, 128], GROUP_SIZE_M=[1],
-                     num_warps=[4, 8], num_stages=[3, 4])
+        space = dict(BLOCK_SIZE_N=[64, 128, 256], BLOCK_SIZE_K=[128, 256] if fp8 else [64, 128],
+                     GROUP_SIZE_M=[1], num_warps=[4, 8], num_stages=[3, 4])
     else:
-        space = dict(BLOCK_SIZE_N=[128, 256], BLOCK_SIZE_K=[64, 128], GROUP_SIZE_M=[1, 16], num_warps=[8],
-                     num_stages=[3, 4])
+        # FP8 promotes its sums every K tile: a second set of accumulators, so narrower tiles are tried too
+        space = dict(BLOCK_SIZE_N=[64, 128, 256] if fp8 else [128, 256], BLOCK_SIZE_K=[128, 256] if fp8 else [64, 128],
+                     GROUP_SIZE_M=[1, 16], num_warps=[8], num_stages=[3] if fp8 else [3, 4])
+    if max_k is not None:
+        space["BLOCK_SIZE_K"] = sorted({min(v, max_k) for v in space["BLOCK_SIZE_K"]})
     out = []
     for values in itertools.product(*space.values()):
         cfg = {"BLOCK_SIZE_M": block_m, **dict(zip(space, values, strict=True))}
@@ -58,17 +66,17 @@ def candidates(m: int, block_m: int, gated: bool) -> list[dict]:
         # fp32 accumulators must fit in registers; the pipelined tiles in shared memory.
         if cfg["BLOCK_SIZE_N"] * block_m * b_tiles > 128 * 256:
             continue
-        smem = cfg["num_stages"] * cfg["BLOCK_SIZE_K"] * (block_m + b_tiles * cfg["BLOCK_SIZE_N"]) * 2
+        smem = cfg["num_stages"] * cfg["BLOCK_SIZE_K"] * (block_m + b_tiles * cfg["BLOCK_SIZE_N"]) * element
         if smem > SMEM_BYTES:
             continue
         out.append(cfg)
     return out
 
 
-def tma_choices(m: int, block_m: int) -> tuple[bool, ...]:
+def tma_choices(m: int, block_m: int, fp8: bool = False) -> tuple[bool, ...]:
     """The sorted layout read through tensor descriptors pays for its extra copy only at larger M (and
-    with row blocks big enough for the copy engine to matter)."""
-    return (False, True) if m >= 512 and block_m >= 64 else (False,)
+    with row blocks big enough for the copy engine to matter). FP8 reads through pointers only."""
+    return (False, True) if m >= 512 and block_m >= 64 and not fp8 else (False,)
 
 
 def _best(time_one, configs: list[dict]) -> tuple[float, dict]:
@@ -86,37 +94,47 @@ def _down(config: dict) -> dict:
     return {key: v for key, v in config.items() if key != "BLOCK_SIZE_M"}
 
 
-def tune_point(x, w13, w2, weights, ids) -> tuple[float, dict]:
+def tune_point(x, w13, w2, weights, ids, fp8=None) -> tuple[float, dict]:
     """The best config for one (weights, M), and the µs of alignment (+ gather) + GEMM1 + GEMM2 with it.
 
     Every candidate runs through the plan (:func:`moe_lib.kernels.experts.plan_call`), so it is timed with
-    exactly the layout, k-sum, split and buffers that ``fused_experts`` would use with it."""
+    exactly the layout, k-sum, split and buffers that ``fused_experts`` would use with it. ``fp8``: (scheme
+    :class:`~moe_lib.kernels.experts.Fp8`, scales dict) with e4m3 w13 and w2; the quantizations of x and
+    act are counted too (they do not depend on the config)."""
     m = x.shape[0]
+    scheme, scales = fp8 or (None, None)
+    element = 2 if scheme is None else 1
+    max_k = None if scheme is None or scheme.block_shape is None else scheme.block_shape[1]
 
     def bound(config):
-        b = plan_call(x, w13, w2, ids, None, config).bind(x, w13, w2, weights, ids)
+        b = plan_call(x, w13, w2, ids, None, config, fp8=scheme).bind(x, w13, w2, weights, ids, scales=scales)
         b.run()  # real values in every buffer: GEMM2 reads what GEMM1 wrote
         return b
 
+    def cands(block_m, gated):
+        return candidates(m, block_m, gated, element, max_k)
+
     best = None
-    for block_m, tma in ((bm, t) for bm in block_m_choices(m) for t in tma_choices(m, bm)):
-        first_down = _down(candidates(m, block_m, gated=False)[0])
-        probe = bound({**candidates(m, block_m, gated=True)[0], "TMA": tma, "down": first_down})
+    for block_m, tma in ((bm, t) for bm in block_m_choices(m) for t in tma_choices(m, bm, scheme is not None)):
+        first_down = _down(cands(block_m, gated=False)[0])
+        probe = bound({**cands(block_m, gated=True)[0], "TMA": tma, "down": first_down})
         if tma and not probe.plan.tma:
             continue  # descriptors are not possible here: the plan fell back to pointer loads
-        align_us = graph_us(probe.steps["align"]) + (graph_us(probe.steps["gather"]) if tma else 0.0)
+        fixed = ("align", "gather", "quant1", "quant2")
+        align_us = sum(graph_us(probe.steps[s]) for s in fixed if s in probe.steps)
         # GEMM1's time does not depend on GEMM2's config, so each GEMM is searched on its own.
         up_us, up = _best(lambda c, t=tma, d=first_down: graph_us(bound({**c, "TMA": t, "down": d}).steps["gemm1"]),
-                          candidates(m, block_m, gated=True))
+                          cands(block_m, gated=True))
         down_us, down = _best(lambda c, t=tma, u=up: graph_us(bound({**u, "TMA": t, "down": _down(c)}).steps["gemm2"]),
-                              candidates(m, block_m, gated=False))
+                              cands(block_m, gated=False))
         total = align_us + up_us + down_us
         if best is None or total < best[0]:
             best = (total, {**up, **({"TMA": True} if tma else {}), "down": _down(down)})
     return best
 
 
-def tune(tps=(1, 2, 4, 8), ms=TUNE_M, verbose=True) -> dict[int, dict]:
+def tune(tps=(1, 2, 4, 8), ms=TUNE_M, verbose=True, fp8: str | None = None) -> dict[int, dict]:
+    """Tune and write the tables of these TP sizes; ``fp8``: "tensor" or "block" for FP8 tables."""
     if not runtime.HAS_CUDA:
         raise SystemExit("moe_lib.perf.tune needs a CUDA GPU")
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -126,14 +144,20 @@ def tune(tps=(1, 2, 4, 8), ms=TUNE_M, verbose=True) -> dict[int, dict]:
     for tp in tps:
         w13, w2 = make_weights(tp, gen)
         n = w2.shape[2]
-        path = CONFIG_DIR / config_file_name(e, n, name)
+        scheme = scales = None
+        if fp8 is not None:
+            block = FP8_BLOCKS[fp8]
+            (w13, s13), (w2, s2) = fp8_weights(w13, w2, block)
+            scheme, scales = Fp8(fp8, block), {"w1_scale": s13, "w2_scale": s2}
+        path = CONFIG_DIR / config_file_name(e, n, name, None if fp8 is None else "fp8_w8a8",
+                                             None if fp8 is None else FP8_BLOCKS[fp8])
         # Re-tuning some M keeps the other rows of an existing table.
         table = read_config_table(path) if path.exists() else {}
         for m in ms:
             x = torch.randn(m, h, device="cuda", dtype=torch.bfloat16, generator=gen)
             logits = torch.randn(m, e, device="cuda", generator=gen)
             weights, ids = topk_softmax_triton(logits, k)
-            us, table[m] = tune_point(x, w13, w2, weights, ids)
+            us, table[m] = tune_point(x, w13, w2, weights, ids, None if fp8 is None else (scheme, scales))
             if verbose:
                 print(f"tp={tp} N={n} M={m:>5}: {us:8.1f} us  {table[m]}", flush=True)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,8 +174,9 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tp", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--m", type=int, nargs="+", default=list(TUNE_M))
+    p.add_argument("--fp8", choices=tuple(FP8_BLOCKS), default=None, help="tune FP8 w8a8 tables of this scale layout")
     a = p.parse_args(argv)
-    tune(a.tp, a.m)
+    tune(a.tp, a.m, fp8=a.fp8)
 
 
 if __name__ == "__main__":

@@ -78,7 +78,9 @@ def test_no_plan_keyword_slipped_in_unnoticed():
                 if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty}
     assert keywords == {"num_local": None, "config": None, "has_expert_map": False, "ids_checked": True,
                         "ids_int32": True, "descriptors_ok": True, "split_tail": True, "fuse_k_sum": True,
-                        "pdl": None, "config_dir": None}
+                        "pdl": None, "config_dir": None, "fp8": None}
+    # fp8: per token / token group / static activation scales keep it (tests/kernels/test_experts_fp8.py); a
+    # dynamic per-tensor scale is the batch's by definition (documented in fused_experts).
 
 
 # ---- GPU (device machine): the tuned tables' rows from M = 1 to 4096, Mixtral's shapes -----------------------

@@ -6,6 +6,8 @@ and dependent launches. The benchmark's breakdown and the tuner run these same p
 and fused_experts fails here, on CPU CI.
 """
 
+import json
+
 import pytest
 import torch
 
@@ -141,3 +143,65 @@ def test_a_config_too_big_for_shared_memory_loses_stages_not_the_launch():
     assert plan.gemm1.config["num_stages"] == 2  # 128 x (64 + 2 x 128) x 2 B = 80 KiB a stage; 227 KiB in all
     assert plan.gemm2.config["num_stages"] == 4  # 128 x (64 + 128) x 2 B = 48 KiB a stage
     assert plan.config == big  # the config as given stays on record
+
+
+# ---- FP8 w8a8 ------------------------------------------------------------------------------------------
+def test_fp8_quantizes_before_each_gemm_through_pointers_with_promoted_sums():
+    from moe_lib.kernels.experts import FP8_ACCUMULATE, Fp8
+
+    plan = mixtral(4096, tp=1, fp8=Fp8("tensor"))
+    assert plan.steps == ("clear", "align", "quant1", "gemm1", "quant2", "gemm2")
+    assert not plan.tma and "gather" not in plan.steps  # the scales are indexed by token, not sorted position
+    assert plan.gemm1.scales == plan.gemm2.scales == 1
+    for g in (plan.gemm1, plan.gemm2):  # a promotion interval never exceeds one K tile
+        assert g.fp8_acc == min(FP8_ACCUMULATE, g.config["BLOCK_SIZE_K"])
+    assert "FP8      : e4m3 weights, tensor-wise scales, a1 dynamic, a2 dynamic" in plan.describe()
+    decode = mixtral(1, fp8=Fp8("channel", static_a1=True))
+    assert decode.steps == ("clear", "quant1", "gemm1", "quant2", "gemm2") and decode.gemm1.scales == 2
+
+
+def test_fp8_block_tiles_never_straddle_a_scale_block():
+    from moe_lib.kernels.experts import Fp8
+
+    config = dict(BLOCK_SIZE_M=64, BLOCK_SIZE_N=64, BLOCK_SIZE_K=256, GROUP_SIZE_M=1, num_warps=4, num_stages=3)
+    plan = mixtral(300, config=config, fp8=Fp8("block", (128, 64)))
+    assert plan.gemm1.config["BLOCK_SIZE_K"] == plan.gemm2.config["BLOCK_SIZE_K"] == 64
+    assert (plan.gemm1.scales, plan.gemm1.group_n, plan.gemm1.group_k) == (3, 128, 64)
+
+
+def test_fp8_zeroes_act_only_where_a_per_tensor_scale_could_read_unwritten_rows():
+    from moe_lib.kernels.experts import Fp8
+
+    assert mixtral(64, ids_checked=False, fp8=Fp8("tensor")).zeroed == ("act",)
+    assert mixtral(64, ids_checked=True, fp8=Fp8("tensor")).zeroed == ()
+    assert mixtral(64, ids_checked=False, fp8=Fp8("tensor", static_a2=True)).zeroed == ()
+    assert mixtral(64, ids_checked=False, fp8=Fp8("channel")).zeroed == ()  # per token: dropped rows unread
+
+
+def test_fp8_takes_its_own_table_then_the_per_tensor_one_then_the_bf16_tiles(tmp_path):
+    from moe_lib.kernels.configs import config_file_name, default_config
+    from moe_lib.kernels.experts import Fp8
+
+    gpu = Target(interpret=False, name="TEST GPU", num_sms=132, capability=(9, 0))  # no shipped tables
+
+    def table(stages, k=256):
+        return json.dumps({"16": dict(BLOCK_SIZE_M=32, BLOCK_SIZE_N=64, BLOCK_SIZE_K=k, GROUP_SIZE_M=1,
+                                      num_warps=4, num_stages=stages)})
+
+    def plan(fp8, *files):  # a fresh directory per case (plans are cached per directory)
+        directory = tmp_path / str(len(list(tmp_path.iterdir())))
+        directory.mkdir()
+        for name, text in files:
+            (directory / name).write_text(text)
+        return mixtral(16, target=gpu, fp8=fp8, config_dir=str(directory)).gemm1.config
+
+    bf16 = (config_file_name(8, 1792, "TEST_GPU"), table(2, 64))
+    tensor = (config_file_name(8, 1792, "TEST_GPU", "fp8_w8a8"), table(3))
+    block = (config_file_name(8, 1792, "TEST_GPU", "fp8_w8a8", (128, 128)), table(4, 128))
+    heuristic = default_config(16, 8, 1792, 4096, 2, interpret=False)
+    assert plan(Fp8("tensor"))["BLOCK_SIZE_N"] == heuristic["BLOCK_SIZE_N"]
+    assert plan(Fp8("tensor"), bf16)["num_stages"] == 2  # the bf16 tiles
+    assert plan(Fp8("tensor"), bf16, tensor)["num_stages"] == 3
+    cut = plan(Fp8("block", (128, 128)), bf16, tensor)
+    assert cut["num_stages"] == 3 and cut["BLOCK_SIZE_K"] == 128  # per tensor's tiles, K cut to the block
+    assert plan(Fp8("block", (128, 128)), bf16, tensor, block)["num_stages"] == 4

@@ -81,15 +81,14 @@ def test_fp8_gemms_equal_the_emulated_fp64_layer(mode, block, gen, device):
     # fp64 loop over the dequantized weights (both quantizations emulated) are fp32 sums: ~1e-7.
     from moe_lib.reference import moe_reference, moe_reference_fp8
 
-    if mode == "block" and torch.device(device).type == "cuda":
-        # measured on the H200 (2026-12-01): 2.9e-3 here — Hopper's fp8 MMA accumulates with fewer bits (#16)
-        pytest.xfail("fp8 per-block GEMM on a GPU: the MMA's reduced-precision accumulation, not yet promoted")
     x, w13, w2, w, ids, _ = make_problem(33, 8, 256, 192, 2, gen, device=device)
     config = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=32, BLOCK_SIZE_K=64, GROUP_SIZE_M=1, num_warps=4, num_stages=2)
     out, (w13q, s13, w2q, s2) = fp8_layer(x, w13, w2, w, ids, mode, block, config)
     ref = moe_reference_fp8(x, w13q, w2q, w, ids, w1_scale=s13, w2_scale=s2, block_shape=block,
                             per_channel_quant=mode == "channel")
-    assert_close(out, ref, tol=1e-5)
+    # On the H200 the e4m3 tensor cores themselves are off by 2.4-2.9e-3 here, whatever the promotion interval
+    # (data/bench/history/fp8_accumulate_H200/accuracy.txt, M = 33: no wgmma, no long sums)
+    assert_close(out, ref, tol=1e-5 if torch.device(device).type == "cpu" else 5e-3)
     unquantized = moe_reference(x, w13, w2, w, ids, fp64=True)
     err = ((out.double() - unquantized).norm() / unquantized.norm()).item()
     assert 0.02 < err < 0.1  # what e4m3 costs: ~2.7 % rms per quantization, three of them

@@ -50,6 +50,20 @@ def test_activation_kernels_give_the_bits_of_the_specification(shape, dtype, how
     assert (err <= x.float().abs() / 16 + scale * 2**-9 + 1e-12)[inside].all()
 
 
+@pytest.mark.parametrize("one_program", [True, False])
+def test_dynamic_per_tensor_scale_in_one_launch_or_two(one_program, gen, device, monkeypatch):
+    # One program holding the whole tensor computes the scale itself; otherwise absmax_kernel's per-program
+    # maxima are reduced by every quantizing program. Both give the specification's bits.
+    from moe_lib.kernels import quant
+
+    monkeypatch.setattr(quant, "ONE_PROGRAM_VALUES", 1 << 30 if one_program else 1)
+    x = torch.randn(300, 300, generator=gen).to(device) * 3  # several programs (128 rows each in the interpreter)
+    x[200, 7] = -50.0  # the largest |x| sits in one program only
+    q, s = quantize_activation(x)
+    q_ref, s_ref = quantize_activation_torch(x)
+    assert torch.equal(bits(q), bits(q_ref)) and torch.equal(s, s_ref)
+
+
 def test_zero_and_empty_inputs(device):
     q, s = quantize_activation(torch.zeros(3, 40, device=device))
     assert (q.float() == 0).all() and s.item() > 0  # a finite positive scale

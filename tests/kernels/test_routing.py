@@ -189,8 +189,10 @@ def _check_properties(logits, k, w, ids):
     # renormalized top-k probabilities == softmax over the top-k logits
     chosen = logits.double().gather(1, ids.long())
     assert torch.allclose(w.double(), torch.softmax(chosen, -1), rtol=1e-5, atol=1e-7)
-    # the chosen are the largest: nothing left out beats the smallest chosen logit
+    # the chosen are the largest: nothing left out beats the smallest chosen probability — up to an ulp or two,
+    # since the kernel's fp32 exp is not torch's (hypothesis found 24 of 64 near-equal logits at scale 0.01
+    # where one ulp swapped two neighbours)
     probs = softmax_fp32(logits)
     kth = probs.gather(1, ids.long())[:, -1:]
     unchosen = probs.scatter(1, ids.long(), -1.0)
-    assert (unchosen <= kth).all()
+    assert (unchosen <= kth * (1 + 2**-22)).all()

@@ -46,8 +46,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bench", action="store_true", help="the NCCL benchmark at Mixtral's shapes (needs --tp, --out)")
     p.add_argument("--out", default=None, help="bench: where to write the JSON result")
-    p.add_argument("--m", type=int, nargs="+", default=None, help="bench: token counts (default 1 64 4096)")
+    p.add_argument("--m", type=int, nargs="+", default=None,
+                   help="bench: token counts (default 1 4 16 64 256 1024 4096)")
+    p.add_argument("--impl", nargs="+", default=None, choices=("moe_lib", "moe_lib_fp8", "moe_lib_fp8_block"),
+                   help="bench: the layer in bf16, FP8 per tensor, FP8 per 128x128 block (default: all three)")
     p.add_argument("--calls", type=int, default=10, help="bench: back-to-back calls per timed sample")
+    p.add_argument("--no-graph", action="store_true",
+                   help="bench: time eager calls instead of CUDA graphs (the all-reduce then runs outside any graph)")
     p.add_argument("--reps", type=int, default=20, help="bench: timed samples (median)")
     p.add_argument("--warmup", type=int, default=3, help="bench: untimed samples first")
     p.add_argument("--timeout", type=float, default=None, help="seconds for the whole run (default 120; bench 600)")
@@ -112,6 +117,9 @@ def _opts(a: argparse.Namespace, argv: list[str]) -> dict:
     opts["command"] = " ".join(["python -m moe_lib.parallel.run", *argv])
     if a.m:
         opts["ms"] = a.m
+    if a.impl:
+        opts["impls"] = a.impl
+    opts["graph"] = not a.no_graph
     return opts
 
 

@@ -359,3 +359,6 @@ viz.expert_usage(routing, E)
 # loads the same checkpoint and all-reduces over NCCL on GPUs — see notebook 08 for multi-process runs.
 # `python -m moe_lib.parallel.golden --tp 2` runs this whole tiny model that way (gloo on the CPU) and checks
 # every rank against the golden logits and tokens.
+#
+# **Next — [11 · FP8 experts](11_fp8_experts.ipynb):** the same experts in one byte per weight — the e4m3
+# format, scales, the kernel's delta — and this tiny model with its experts in FP8.

@@ -589,6 +589,102 @@ def tp_sum_rank_stride_from_sizes(partials_ptr, out_ptr, TP, M, H, stride_pr, st
 
 
 # ====================================================================================================
+# Notebook 11: FP8 experts
+# ====================================================================================================
+@triton.jit
+def _fp8_matmul(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
+                stride_cm, stride_cn, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                A_SCALE: tl.constexpr = True, B_SCALE: tl.constexpr = True, EVERY_STEP: tl.constexpr = False,
+                SCALE_MASK: tl.constexpr = True, K_MASK: tl.constexpr = True, DIVIDE: tl.constexpr = False):
+    """C = (A * a_scale[:, None]) @ (B * b_scale[None, :]), scales in the epilogue. A_SCALE / B_SCALE=False: that
+    scale is left out; EVERY_STEP: acc = (acc + a @ b) * scale inside the loop; SCALE_MASK=False: the scales
+    loaded without a mask; K_MASK=False: the K tail unmasked; DIVIDE: acc / scales."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    if SCALE_MASK:
+        a_s = tl.load(a_scale_ptr + rows, mask=rows < M, other=0.0)
+        b_s = tl.load(b_scale_ptr + cols, mask=cols < N, other=0.0)
+    else:
+        a_s = tl.load(a_scale_ptr + rows)
+        b_s = tl.load(b_scale_ptr + cols)
+    if not A_SCALE:
+        a_s = a_s * 0.0 + 1.0
+    if not B_SCALE:
+        b_s = b_s * 0.0 + 1.0
+    scale = a_s[:, None] * b_s[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_in = (ks < K) | (not K_MASK)
+        a = tl.load(a_ptr + rows[:, None] * stride_am + ks[None, :] * stride_ak,
+                    mask=(rows < M)[:, None] & k_in[None, :], other=0.0)
+        b = tl.load(b_ptr + ks[:, None] * stride_bk + cols[None, :] * stride_bn,
+                    mask=k_in[:, None] & (cols < N)[None, :], other=0.0)
+        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        if EVERY_STEP:
+            acc = acc * scale
+    if not EVERY_STEP:
+        acc = acc / scale if DIVIDE else acc * scale
+    tl.store(c_ptr + rows[:, None] * stride_cm + cols[None, :] * stride_cn, acc,
+             mask=(rows < M)[:, None] & (cols < N)[None, :])
+
+
+@triton.jit
+def fp8_matmul(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
+               stride_cm, stride_cn, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    _fp8_matmul(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
+                stride_cm, stride_cn, BLOCK_M, BLOCK_N, BLOCK_K)
+
+
+@triton.jit
+def fp8_matmul_scales_every_step(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, M, N, K, stride_am, stride_ak,
+                                 stride_bk, stride_bn, stride_cm, stride_cn, BLOCK_M: tl.constexpr,
+                                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    _fp8_matmul(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
+                stride_cm, stride_cn, BLOCK_M, BLOCK_N, BLOCK_K, EVERY_STEP=True)
+
+
+@triton.jit
+def fp8_matmul_no_b_scale(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, M, N, K, stride_am, stride_ak, stride_bk,
+                          stride_bn, stride_cm, stride_cn, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                          BLOCK_K: tl.constexpr):
+    _fp8_matmul(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
+                stride_cm, stride_cn, BLOCK_M, BLOCK_N, BLOCK_K, B_SCALE=False)
+
+
+@triton.jit
+def fp8_matmul_no_a_scale(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, M, N, K, stride_am, stride_ak, stride_bk,
+                          stride_bn, stride_cm, stride_cn, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                          BLOCK_K: tl.constexpr):
+    _fp8_matmul(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
+                stride_cm, stride_cn, BLOCK_M, BLOCK_N, BLOCK_K, A_SCALE=False)
+
+
+@triton.jit
+def fp8_matmul_unmasked_scales(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, M, N, K, stride_am, stride_ak,
+                              stride_bk, stride_bn, stride_cm, stride_cn, BLOCK_M: tl.constexpr,
+                              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    _fp8_matmul(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
+                stride_cm, stride_cn, BLOCK_M, BLOCK_N, BLOCK_K, SCALE_MASK=False)
+
+
+@triton.jit
+def fp8_matmul_no_k_mask(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, M, N, K, stride_am, stride_ak, stride_bk,
+                         stride_bn, stride_cm, stride_cn, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                         BLOCK_K: tl.constexpr):
+    _fp8_matmul(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
+                stride_cm, stride_cn, BLOCK_M, BLOCK_N, BLOCK_K, K_MASK=False)
+
+
+@triton.jit
+def fp8_matmul_divides(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, M, N, K, stride_am, stride_ak, stride_bk,
+                       stride_bn, stride_cm, stride_cn, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_K: tl.constexpr):
+    _fp8_matmul(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
+                stride_cm, stride_cn, BLOCK_M, BLOCK_N, BLOCK_K, DIVIDE=True)
+
+
+# ====================================================================================================
 # The stubs, as the notebooks hand them out
 # ====================================================================================================
 @triton.jit
@@ -647,6 +743,13 @@ def tp_sum_stub(partials_ptr, out_ptr, TP, M, H, stride_pr, stride_pm, stride_om
                 BLOCK_H: tl.constexpr):
     pass  # your code here
 
+
+
+@triton.jit
+def fp8_matmul_stub(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, M, N, K, stride_am, stride_ak, stride_bk,
+                    stride_bn, stride_cm, stride_cn, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_K: tl.constexpr):
+    pass  # your code here
 
 # ====================================================================================================
 # What every puzzle checker promises, written once

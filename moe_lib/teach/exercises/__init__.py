@@ -24,12 +24,14 @@ One module per notebook, on a shared engine (:mod:`._engine`); every checker is 
     fused_kernel      notebook 06   check_tile_a_rows, check_b_offsets
     performance       notebook 07   check_decode_floor
     tensor_parallel   notebook 08   check_shard_w13, check_shard_w2
+    fp8               notebook 11   check_e4m3_round, check_quantize_block
 """
 
 from __future__ import annotations
 
 from ._engine import CheckResult
 from .alignment import check_expert_slots, check_padded_total
+from .fp8 import check_e4m3_round, check_quantize_block
 from .fused_kernel import check_b_offsets, check_tile_a_rows
 from .gate import check_gate_logits, check_logit_std
 from .performance import check_decode_floor
@@ -52,4 +54,6 @@ __all__ = [
     "check_decode_floor",
     "check_shard_w13",
     "check_shard_w2",
+    "check_e4m3_round",
+    "check_quantize_block",
 ]

@@ -26,12 +26,14 @@ The cases are seeded: the same kernel always gets the same verdict and the same 
     alignment         notebook 05   check_expert_histogram, check_scatter_sorted
     fused_kernel      notebook 06   check_moe_tile, check_silu_mul_epilogue, check_grouped_gemm
     tensor_parallel   notebook 08   check_tp_partial_sum
+    fp8               notebook 11   check_fp8_matmul_epilogue
 """
 
 from __future__ import annotations
 
 from ._engine import PuzzleResult
 from .alignment import check_expert_histogram, check_scatter_sorted
+from .fp8 import check_fp8_matmul_epilogue
 from .fused_kernel import check_grouped_gemm, check_moe_tile, check_silu_mul_epilogue
 from .primer import check_row_softmax, check_vector_add
 from .routing import check_renormalize_kernel, check_topk_kernel
@@ -49,4 +51,5 @@ __all__ = [
     "check_silu_mul_epilogue",
     "check_grouped_gemm",
     "check_tp_partial_sum",
+    "check_fp8_matmul_epilogue",
 ]

@@ -55,6 +55,7 @@ _NAN_BITS = {
     torch.float32: (0x7FC0BAD0, 0x7FC0DEAD, torch.int32),
     torch.float16: (0x7E0B, 0x7E0D, torch.int16),
     torch.bfloat16: (0x7FCB, 0x7FCD, torch.int16),
+    torch.float8_e4m3fn: (0xFF, 0x7F, torch.int8),  # e4m3fn has two NaNs, S.1111.111: one each
 }
 
 # Where a buffer element sits (the ``where`` map of a placed tensor): a flat index into the tensor, or one of these.
@@ -159,7 +160,7 @@ def _poison(dtype: torch.dtype, *, output: bool) -> torch.Tensor:
         return torch.tensor([bits], dtype=int_type).view(dtype)
     if dtype in (torch.int32, torch.int64):
         return torch.tensor([OUT_INT_POISON if output else INPUT_INT_POISON], dtype=dtype)
-    raise TypeError(f"puzzle tensors must be float32, float16, bfloat16, int32 or int64, got {dtype}")
+    raise TypeError(f"puzzle tensors must be float32, float16, bfloat16, float8_e4m3fn, int32 or int64, got {dtype}")
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -285,26 +285,32 @@ def test_command_line_check(capsys):
 def test_benchmark_dry_run_on_cpu(tmp_path):
     # every implementation (FP8 blocks of 16: I / tp = 64 holds four), eager calls and wall clocks on gloo
     opts = {"shape": {"num_experts": E, "top_k": K, "hidden": H, "intermediate": I, "dtype": "float32"},
-            "ms": [1, 8], "calls": 1, "reps": 1, "warmup": 0, "command": "test", "block_shape": [16, 16]}
+            "ms": [8], "calls": 1, "reps": 1, "warmup": 0, "command": "test", "block_shape": [16, 16]}
     result = launch(bench_rank, 2, args=(opts,), timeout=120)[0]
     records = {(r["impl"], r["tp"], r["M"]): r for r in result["records"]}
     impls = ("moe_lib", "moe_lib_fp8", "moe_lib_fp8_block")
-    assert set(records) == {(i, tp, m) for i in impls for tp in (1, 2) for m in (1, 8)}
+    assert set(records) == {(i, tp, 8) for i in impls for tp in (1, 2)}
     for impl in impls:
-        for m in (1, 8):
+        for m in (8,):
             tp2 = records[(impl, 2, m)]
             assert tp2["check"]["passed"] and tp2["check"]["rel_err"] < tp2["check"]["tol"]
             assert len(tp2["per_rank"]["kernel_us"]) == 2 and tp2["total_us"] == max(tp2["per_rank"]["total_us"])
             assert tp2["allreduce_bytes"] == m * H * 4
             assert tp2["speedup_vs_tp1"] == round(records[(impl, 1, m)]["total_us"] / tp2["total_us"], 3)
             assert tp2["allreduce_in_layer_us"] == round(max(tp2["total_us"] - tp2["kernel_us"], 0.0), 2)
-    # the same bits per block as at TP = 1 up to the bf16-style rounding of the partial sums; per tensor, each
-    # rank's own activation scale
-    assert records[("moe_lib_fp8_block", 2, 8)]["check"]["tol"] < records[("moe_lib_fp8", 2, 8)]["check"]["tol"]
     assert result["backend"] == "gloo" and result["num_gpus"] == 2
     path = write(result, tmp_path / "parallel_cpu.json")
     assert json.loads(path.read_text()) == json.loads(json.dumps(result))
     assert "speed-up" in summary(result) and "moe_lib_fp8_block" in summary(result)
+
+
+def test_tp_check_tolerances_per_implementation():
+    # per block, act's token groups stay on one rank: TP gives TP = 1's e4m3 values (the fp32 rounding of the
+    # partial sums only, measured 7e-8 on the CPU); per tensor each rank scales its own slice of act (2.5 %)
+    from moe_lib.parallel.bench import _check_tol
+
+    assert _check_tol("moe_lib_fp8_block", torch.float32) == _check_tol("moe_lib", torch.float32) < 1e-4
+    assert _check_tol("moe_lib_fp8", torch.bfloat16) == 0.05
 
 
 # ----------------------------------------------------------------------------------------------------

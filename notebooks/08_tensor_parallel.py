@@ -349,13 +349,14 @@ if not runs:
 for path, run in zip(bench_files, runs):
     print(f"{path.relative_to(REPO)}: {run['gpu']} x {run['num_gpus']}, torch {run['torch']}, "
           f"NCCL {run['nccl']}, {run['date']}")
-    print(f"{'TP':>4} {'M':>5} {'kernel µs':>10} {'all-reduce µs':>14} {'total µs':>9} {'speed-up':>9}  check")
+    print(f"{'impl':>17} {'TP':>4} {'M':>5} {'kernel µs':>10} {'all-reduce µs':>14} {'total µs':>9} {'speed-up':>9}"
+          "  check")
     for rec in run["records"]:
         check = rec.get("check")
         ok = "" if check is None else ("PASS" if check["passed"] else "FAIL")
         speed = f"{rec['speedup_vs_tp1']:.2f}x" if rec.get("speedup_vs_tp1") else ""
-        print(f"{rec['tp']:>4} {rec['M']:>5} {rec['kernel_us']:>10.1f} {rec['allreduce_us']:>14.1f} "
-              f"{rec['total_us']:>9.1f} {speed:>9}  {ok}")
+        print(f"{rec.get('impl', 'moe_lib'):>17} {rec['tp']:>4} {rec['M']:>5} {rec['kernel_us']:>10.1f} "
+              f"{rec['allreduce_us']:>14.1f} {rec['total_us']:>9.1f} {speed:>9}  {ok}")
 
 # %% slideshow={"slide_type": "subslide"} alt="Recorded NCCL runs: bars of microseconds per layer call at 1, 64 and 4096 tokens for TP 1, 2 and 4, split into kernel and all-reduce time, with each run's speed-up over its TP 1 baseline."
 viz.parallel_bench(runs) if runs else None

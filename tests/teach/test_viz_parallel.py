@@ -169,3 +169,15 @@ def test_bad_inputs_are_named(gen):
         vp.imbalance_vs_redundancy([0, 1], {"a": [1.0]})
     with pytest.raises(TypeError, match="title"):
         vp.rank_loads({"a": [1]}, title=3)
+
+
+def test_parallel_bench_draws_one_implementation_of_a_run_with_several(gen):
+    # runs of the FP8-era bench hold records per implementation; the figure draws the asked one only
+    runs = _bench_runs(gen)
+    fp8 = [{**run, "records": run["records"] + [{**r, "impl": "moe_lib_fp8", "kernel_us": r["kernel_us"] / 2}
+                                                for r in run["records"]]} for run in runs]
+    heights = [[p.get_height() for p in ax.patches] for ax in vp.parallel_bench(runs).axes if ax.get_title()]
+    assert heights == [[p.get_height() for p in ax.patches] for ax in vp.parallel_bench(fp8).axes if ax.get_title()]
+    halved = [[p.get_height() for p in ax.patches] for ax in vp.parallel_bench(fp8, "moe_lib_fp8").axes
+              if ax.get_title()]
+    assert halved != heights and len(halved) == len(heights)

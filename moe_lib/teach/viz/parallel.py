@@ -130,14 +130,16 @@ def allreduce_traffic(hidden: int, tp_sizes: Sequence[int], *, bytes_per_element
     return fig
 
 
-def parallel_bench(runs: Sequence[Mapping]) -> Figure:
+def parallel_bench(runs: Sequence[Mapping], impl: str = "moe_lib") -> Figure:
     """Recorded NCCL runs: per M, a bar per (run, TP) — kernel time with the all-reduce stacked on top.
 
     Bars are the slowest rank's medians of the phases timed alone; the black line is kernel + all-reduce
     timed together, and the number above a TP > 1 bar is that total's speed-up over the same run's TP = 1.
+    ``impl``: which implementation's records (runs before FP8 have only "moe_lib", and no ``impl`` key).
     """
     runs = check_runs(runs, keys=("gpu", "num_gpus", "records"),
                       record_keys=("tp", "M", "kernel_us", "allreduce_us", "total_us"))
+    runs = [{**run, "records": [r for r in run["records"] if r.get("impl", "moe_lib") == impl]} for run in runs]
     ms = sorted({rec["M"] for run in runs for rec in run["records"]})
     fig = Figure(figsize=(3.4 * len(ms) + 0.6, 3.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(ms), squeeze=False)[0])

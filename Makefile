@@ -20,7 +20,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
                -p no:cacheprovider -o addopts="" -q
 
-.PHONY: setup lab workspace test test-unit-run test-notebooks-run test-unit test-notebooks test-gpu test-browser slides present handouts sync lint execute clean
+.PHONY: setup lab workspace test test-unit-run test-kernels-run test-notebooks-run test-unit test-notebooks test-gpu test-browser slides present handouts sync lint execute clean
 
 setup: $(STAMP)
 
@@ -55,13 +55,16 @@ workspace: setup
 	$(PY) -m moe_lib.teach.workspace
 
 # tests/browser is the slow real-browser run of `make test-browser`, not part of `make test`.
-# The unit tests and nbval run side by side (each keeps one core busy); each one's output is printed whole when
-# it finishes, and either failing fails the target.
+# The unit tests (in two halves: the kernels, the rest) and nbval run side by side, so both cores stay busy until
+# the end; each one's output is printed whole when it finishes, and any failing fails the target.
 test: setup
-	@$(MAKE) --no-print-directory -j2 --output-sync=target test-unit-run test-notebooks-run
+	@$(MAKE) --no-print-directory -j3 --output-sync=target test-unit-run test-kernels-run test-notebooks-run
 
 test-unit-run:
-	$(PY) -m pytest -q tests --ignore=tests/browser
+	$(PY) -m pytest -q tests --ignore=tests/browser --ignore=tests/kernels
+
+test-kernels-run:
+	$(PY) -m pytest -q tests/kernels
 
 test-notebooks-run:
 	$(PY) -m pytest $(NBVAL_FLAGS) notebooks

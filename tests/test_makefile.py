@@ -22,7 +22,7 @@ def test_make_lab_on_a_busy_port_says_so_and_stops():
         server.listen()
         port = server.getsockname()[1]
         # -o: never (re)install the venv from this test; PY: this interpreter, wherever the tests run
-        # a clean make: not a sub-make of `make test`'s -j2 (whose jobserver would add a warning on stderr)
+        # a clean make: not a sub-make of `make test`'s -j3 (whose jobserver would add a warning on stderr)
         env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
         result = subprocess.run(["make", "-s", "-o", ".venv/.installed-stamp", "lab", f"PORT={port}",
                                  f"PY={sys.executable}"], cwd=ROOT, capture_output=True, text=True, timeout=60,

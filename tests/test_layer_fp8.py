@@ -179,6 +179,40 @@ def test_dynamic_checkpoint_into_a_dynamic_layer(static_layer0, device):
 # ----------------------------------------------------------------------------------------------------
 # forward
 # ----------------------------------------------------------------------------------------------------
+def test_a_compiled_fp8_layer_gives_the_eager_bits(block_layer0, gen, device):
+    # fullgraph: routing and the FP8 experts run as the custom ops, quantization steps included
+    layer = fp8_layer(block_layer0, BLOCK, device)
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, fullgraph=True)
+    x = torch.randn(5, H, generator=gen).to(device)
+    assert torch.equal(compiled(x), layer(x))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("which", ["static", "dynamic", "block"])
+@pytest.mark.parametrize("M", [1, 40])
+def test_gpu_fp8_layer_captures_in_a_cuda_graph(which, M, static_layer0, block_layer0, gen):
+    # no host sync anywhere in an FP8 forward (scales were checked on load; dynamic scales stay on the device)
+    weights, quant = {"static": (static_layer0, STATIC), "dynamic": (dynamic_of(static_layer0), DYNAMIC),
+                      "block": (block_layer0, BLOCK)}[which]
+    layer = fp8_layer(weights, quant, "cuda")
+    static = torch.randn(M, H, generator=gen).to("cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        layer(static)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = layer(static)
+    for _ in range(2):
+        x = torch.randn(M, H, generator=gen).to("cuda")
+        static.copy_(x)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, layer(x))
+
+
 @pytest.mark.parametrize("which", ["static", "dynamic", "block"])
 def test_fp8_forward_matches_the_fp64_emulation(which, static_layer0, block_layer0, gen, device, poison):
     weights, quant = {"static": (static_layer0, STATIC), "dynamic": (dynamic_of(static_layer0), DYNAMIC),

@@ -46,16 +46,15 @@ import triton
 from .. import runtime
 from ..config import MIXTRAL_8X7B
 from ..kernels.experts import Fp8, fused_moe, make_plan
-from ..kernels.quant import quantize_weight
 from ..perf import timing
+from ..perf.bench import FP8_IMPLS, fp8_weights
+from ..perf.timing import capture
 from ..testing import rel_err, tolerance
 from .launch import NCCL_ENV_DEFAULTS
 from .shard import shard_w2, shard_w13
 
 M_VALUES = (1, 4, 16, 64, 256, 1024, 4096)
-#: implementation -> FP8 weight blocks (None: per tensor); "moe_lib" is the shape's dtype throughout
-FP8_IMPLS = {"moe_lib_fp8": None, "moe_lib_fp8_block": (128, 128)}
-IMPLS = ("moe_lib", *FP8_IMPLS)
+IMPLS = ("moe_lib", *FP8_IMPLS)  # "moe_lib": the shape's dtype throughout
 MIXTRAL_SHAPE = {"num_experts": MIXTRAL_8X7B.num_experts, "top_k": MIXTRAL_8X7B.top_k,
                  "hidden": MIXTRAL_8X7B.hidden_size, "intermediate": MIXTRAL_8X7B.intermediate_size,
                  "dtype": "bfloat16"}
@@ -144,8 +143,7 @@ def _weights(w13: torch.Tensor, w2: torch.Tensor, impl: str, block: tuple[int, i
     if impl == "moe_lib":
         return (dict(w13=shard_w13(w13, world_size, rank), w2=shard_w2(w2, world_size, rank)),
                 dict(w13=w13, w2=w2))
-    mode = "tensor" if block is None else "block"
-    (q13, s13), (q2, s2) = quantize_weight(w13, mode, block), quantize_weight(w2, mode, block)
+    (q13, s13), (q2, s2) = fp8_weights(w13, w2, block)
     fp8 = dict(use_fp8_w8a8=True, block_shape=None if block is None else list(block), check_scales=False)
     if block is None:
         shard_s13, shard_s2 = s13, s2
@@ -186,23 +184,6 @@ def _plan_config(m: int, hidden: int, weights: dict, top_k: int, dtype, device) 
                      target=runtime.target(device), fp8=scheme).config
 
 
-def _graph(fn: Callable[[], object], calls: int) -> torch.cuda.CUDAGraph:
-    """``calls`` calls of ``fn`` captured in one CUDA graph (after one eager call on a side stream, which also
-    sets up NCCL's communicator for a collective inside ``fn``). Every rank captures the same calls in order."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    torch.cuda.synchronize()
-    return graph
-
-
 def _time(fn: Callable[[], object], device: torch.device, timing: dict, *, sync_ranks: bool,
           before_each: Callable[[], object] | None = None) -> list[float]:
     """µs per call of ``fn``: on a GPU ``calls`` calls captured in one CUDA graph and replayed (see the module
@@ -211,7 +192,7 @@ def _time(fn: Callable[[], object], device: torch.device, timing: dict, *, sync_
     if device.type != "cuda" or not timing["graph"]:
         return time_calls(fn, device, calls=calls, reps=timing["reps"], warmup=timing["warmup"],
                           sync_ranks=sync_ranks, before_each=before_each)
-    graph = _graph(fn, calls)
+    graph = capture(fn, calls)  # every rank captures the same calls in the same order
     per_replay = time_calls(graph.replay, device, calls=1, reps=timing["reps"], warmup=timing["warmup"],
                             sync_ranks=sync_ranks, before_each=before_each)
     del graph

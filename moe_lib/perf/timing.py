@@ -47,10 +47,9 @@ def time_calls(fn: Callable[[], object], *, calls: int = 1, reps: int = 20, warm
     return samples
 
 
-def graph_us(fn: Callable[[], object], repeats: int = 10, reps: int = 5, *, warmup: int = 1,
-             before_each: Callable[[], object] | None = None) -> float:
-    """µs per call of ``fn``, captured ``repeats`` times in one CUDA graph (no launch gaps): median replay.
-    ``fn`` runs once eagerly first (compiles the kernels) on a side stream, as capture requires."""
+def capture(fn: Callable[[], object], repeats: int) -> torch.cuda.CUDAGraph:
+    """``repeats`` calls of ``fn`` captured in one CUDA graph, after one eager call on a side stream (it compiles
+    the kernels, and sets up NCCL's communicator for a collective inside ``fn``)."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -61,9 +60,18 @@ def graph_us(fn: Callable[[], object], repeats: int = 10, reps: int = 5, *, warm
     with torch.cuda.graph(graph):
         for _ in range(repeats):
             fn()
+    torch.cuda.synchronize()
+    return graph
+
+
+def graph_us(fn: Callable[[], object], repeats: int = 10, reps: int = 5, *, warmup: int = 1,
+             before_each: Callable[[], object] | None = None) -> float:
+    """µs per call of ``fn``, captured ``repeats`` times in one CUDA graph (no launch gaps): median replay.
+    ``fn`` runs once eagerly first (compiles the kernels) on a side stream, as capture requires."""
+    graph = capture(fn, repeats)
     us = statistics.median(time_calls(graph.replay, reps=reps, warmup=warmup, before_each=before_each)) / repeats
     del graph
     return us
 
 
-__all__ = ["time_calls", "graph_us"]
+__all__ = ["time_calls", "capture", "graph_us"]

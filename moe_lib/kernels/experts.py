@@ -10,7 +10,8 @@ from shapes and a :class:`~moe_lib.runtime.Target`, CPU tests check every GPU de
 
 The steps, for M tokens routed to top_k experts each::
 
-    clear    out (M, H) = 0                                  only when GEMM2 adds into it ("atomic" k-sum)
+    clear    out (M, H) = 0                                  only when GEMM2 adds into it ("atomic" k-sum) and
+                                                             GEMM1 does not clear it itself (its default)
     align    topk_ids (M, k) -> sorted_token_ids, expert_ids, num_tokens_post_padded
              (one token: its k experts are distinct, slot j simply gets block j: no kernel, "decode" layout)
     gather   a1 (EM, H) = x in sorted order                  only with the TMA layout
@@ -76,6 +77,10 @@ SPLIT_TAIL_MAX_WAVES = 24
 #: fp32 add after every 128 products by 3.8-4.7e-3 and after every 32 by 3.4-4.4e-3 — at M <= 33 (no
 #: wgmma) all three give 2.4-2.6e-3. 128 (one K tile) it is; the bench's ``--fp8-accumulate`` measures others.
 FP8_ACCUMULATE: int | None = 128
+#: GEMM1 clears the output GEMM2 adds into, instead of a clear launch of its own, for calls of at most this many
+#: (token, slot) rows. Measured on the H200 (data/bench/history/clear_in_gemm1_H200.json): 1-2 µs less per call
+#: at M = 2 to 256 at every TP size (a launch saved); at M = 1024 GEMM1 grew by more than the 3.5 µs clear.
+CLEAR_IN_GEMM1_MAX_ROWS = 512
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,7 @@ class GemmStep:
     group_n: int = 1  # FP8 per block: the weight scale's block
     group_k: int = 1
     fp8_acc: int | None = None  # FP8: products summed in the tensor core between fp32 adds
+    clears_out: bool = False  # GEMM1: its programs first zero the output GEMM2 adds into
 
     def launch_args(self) -> dict:
         return dict(a_rows_div=self.a_rows_div, c_rows_div=self.c_rows_div, gated=self.gated,
@@ -167,7 +173,8 @@ class Plan:
         lines = [f"steps    : {' -> '.join(self.steps)}",
                  f"layout   : {self.layout}, BLOCK_SIZE_M {self.block_m}, {self.sorted_len} sorted rows"
                  + (", TMA (sorted copy, tensor descriptors)" if self.tma else ""),
-                 f"k-sum    : {self.k_sum}", f"PDL      : {self.pdl}"]
+                 f"k-sum    : {self.k_sum}" + (" (GEMM1 clears the output first)" if self.gemm1.clears_out else ""),
+                 f"PDL      : {self.pdl}"]
         if self.fp8 is not None:
             f = self.fp8
             acts = "".join(f", a{i} {'static' if s else 'dynamic'}" for i, s in ((1, f.static_a1), (2, f.static_a2)))
@@ -217,7 +224,8 @@ def _fit_shared_memory(config: dict, target: Target, element: int, gated: bool =
 
 @functools.lru_cache(maxsize=1024)
 def _make_plan(num_tokens, hidden, inter, top_k, num_experts, num_local, dtype, target, config_json, has_expert_map,
-               ids_checked, ids_int32, descriptors_ok, split_tail, fuse_k_sum, pdl, config_dir, fp8) -> Plan:
+               ids_checked, ids_int32, descriptors_ok, split_tail, fuse_k_sum, pdl, config_dir, fp8,
+               clear_in_gemm1) -> Plan:
     if config_json is None and fp8 is not None:
         # FP8 takes its own table (vLLM's ",dtype=fp8_w8a8" name; per block: the block table, else the per-tensor
         # one, its K tiles cut to the scale block below); without one, the bf16 table's tiles (an e4m3 stage
@@ -274,8 +282,12 @@ def _make_plan(num_tokens, hidden, inter, top_k, num_experts, num_local, dtype, 
         acc = None if fp8.accumulate is None else min(fp8.accumulate, c["BLOCK_SIZE_K"])
         return dict(scales=fp8.scales, group_n=bn, group_k=bk, fp8_acc=acc)
 
+    # The output GEMM2 adds into starts as zeros: cleared by GEMM1's programs (one launch fewer), or alone.
+    if clear_in_gemm1 is None:
+        clear_in_gemm1 = rows <= CLEAR_IN_GEMM1_MAX_ROWS
+    clears_out = k_sum == "atomic" and clear_in_gemm1
     gemm1 = GemmStep(up, inter, 1 if tma else top_k, 1, True, False, tma, tma,
-                     _split_tail(target, sorted_len, inter, up, split_tail), **quant(up))
+                     _split_tail(target, sorted_len, inter, up, split_tail), **quant(up), clears_out=clears_out)
     gemm2 = GemmStep(down, hidden, 1, top_k if k_sum == "atomic" else 1, False, True, tma, False,
                      _split_tail(target, sorted_len, hidden, down, split_tail), **quant(down))
     buffers = {}
@@ -291,8 +303,8 @@ def _make_plan(num_tokens, hidden, inter, top_k, num_experts, num_local, dtype, 
     # One token's layout needs no kernel: its int32 ids are the expert ids of its k blocks as they are.
     align = layout == "align" or not ids_int32
     q1, q2 = (("quant1",), ("quant2",)) if fp8 is not None else ((), ())
-    steps = (("clear",) if k_sum == "atomic" else ()) + (("align",) if align else ()) + (("gather",) if tma else ()) + (
-        q1 + ("gemm1",) + q2 + ("gemm2",)) + (("sum_k",) if k_sum == "pass" else ())
+    steps = (("clear",) if k_sum == "atomic" and not clears_out else ()) + (("align",) if align else ()) + (
+        ("gather",) if tma else ()) + q1 + ("gemm1",) + q2 + ("gemm2",) + (("sum_k",) if k_sum == "pass" else ())
     return Plan(num_tokens, hidden, inter, top_k, num_experts, num_local, dtype, target, config, layout, tma, k_sum,
                 use_pdl, sorted_len, gemm1, gemm2, steps, buffers, fp8, zeroed)
 
@@ -317,6 +329,7 @@ def make_plan(
     pdl: bool | None = None,
     config_dir: str | None = None,
     fp8: Fp8 | None = None,
+    clear_in_gemm1: bool | None = None,
 ) -> Plan:
     """Every decision of a fused-experts call, from shapes alone (cached).
 
@@ -331,8 +344,9 @@ def make_plan(
             (only then may GEMM2 write the output directly for top_k = 1); ids_int32: topk_ids are contiguous
             int32 (then one token's layout needs no step at all: the ids are its blocks' expert ids).
         descriptors_ok: the weights' memory allows tensor descriptors (:func:`fused_moe.tma_usable`).
-        split_tail, fuse_k_sum: allow a split last wave / the sum over k inside GEMM2 (on by default; off
-            only to measure or teach what they buy — neither changes the result).
+        split_tail, fuse_k_sum, clear_in_gemm1: allow a split last wave / the sum over k inside GEMM2 / GEMM1
+            clearing the output that sum adds into (on by default, the last for calls of at most
+            ``CLEAR_IN_GEMM1_MAX_ROWS`` rows; off only to measure or teach what they buy — none changes the result).
         pdl: programmatic dependent launch; None: for calls of at most ``runtime.PDL_MAX_ROWS`` rows.
         fp8: the FP8 w8a8 scheme (:class:`Fp8`); None: dtype throughout.
     """
@@ -342,7 +356,8 @@ def make_plan(
     return _make_plan(num_tokens, hidden, inter, top_k, num_experts, num_experts if num_local is None else num_local,
                       dtype, target, config_json, bool(has_expert_map), bool(ids_checked), bool(ids_int32),
                       bool(descriptors_ok),
-                      bool(split_tail), bool(fuse_k_sum), pdl, None if config_dir is None else str(config_dir), fp8)
+                      bool(split_tail), bool(fuse_k_sum), pdl, None if config_dir is None else str(config_dir), fp8,
+                      None if clear_in_gemm1 is None else bool(clear_in_gemm1))
 
 
 def _checked(config: dict) -> dict:
@@ -422,7 +437,7 @@ class BoundPlan:
             a, a_s = self.quantized["gemm1"]
             invoke_fused_moe_kernel(a, w13, act, weights, *self.layout, **p.gemm1.launch_args(),
                                     num_sms=num_sms, use_pdl=use_pdl, a_scale=a_scale_of(a_s),
-                                    b_scale=b_scales["gemm1"])
+                                    b_scale=b_scales["gemm1"], zero=self.out if p.gemm1.clears_out else None)
 
         def gemm2():
             a, a_s = self.quantized["gemm2"]
@@ -465,7 +480,7 @@ def plan_call(hidden_states: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, 
               expert_map: torch.Tensor | None = None, config: dict | None = None, *, ids_checked: bool = True,
               **options) -> Plan:
     """:func:`make_plan` for these (validated) tensors: their shapes, dtype and device, the memory facts.
-    ``options``: make_plan's policy keywords (split_tail, fuse_k_sum, pdl, config_dir, fp8)."""
+    ``options``: make_plan's policy keywords (split_tail, fuse_k_sum, clear_in_gemm1, pdl, config_dir, fp8)."""
     num_tokens, hidden = hidden_states.shape
     num_local, two_i = w13.shape[0], w13.shape[1]
     num_experts = num_local if expert_map is None else expert_map.shape[0]
@@ -604,6 +619,7 @@ __all__ = [
     "STEPS",
     "K_SUMS",
     "FP8_ACCUMULATE",
+    "CLEAR_IN_GEMM1_MAX_ROWS",
     "Fp8",
     "GemmStep",
     "Plan",

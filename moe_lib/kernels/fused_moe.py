@@ -12,6 +12,7 @@ Production switches, each chosen by the plan (:mod:`moe_lib.kernels.experts`), n
 - ``C_SORTED``: GEMM1 writes ``act`` in sorted order for a TMA GEMM2;
 - ``C_ROWS_DIV = top_k``: GEMM2 adds each slot's row into its token's row (the sum over k, fused);
 - ``SPLIT_TAIL``: a last wave at most half full runs as twice as many half-width tiles;
+- ``ZERO_BLOCK``: GEMM1 first clears the output that GEMM2 will add into (no separate clear launch);
 - ``USE_PDL``: programmatic dependent launch (:func:`moe_lib.runtime.pdl`);
 - ``COMPUTE_FP32``: upcast tiles before ``tl.dot`` — the interpreter computes bf16 wrongly.
 
@@ -42,6 +43,9 @@ def fused_moe_kernel(
     # FP8 scales (fp32; unused unless SCALES): A's (one, per A row, or per A row and K group) and B's (per expert,
     # per expert and row of B, or per expert and (row group, K group))
     a_scale_ptr, b_scale_ptr,
+    # The output a later GEMM2 adds into, zeroed here first (unless ZERO_BLOCK is 0): z_numel values, each
+    # program its zero_chunks chunks of ZERO_BLOCK
+    z_ptr, z_numel, zero_chunks,
     # Matrix dimensions: N columns of C, K the reduction, EM = len(sorted_token_ids),
     # num_valid_tokens = M * top_k (larger ids are padding), num_experts = experts in B
     N, K, EM, num_valid_tokens, num_experts,
@@ -69,12 +73,17 @@ def fused_moe_kernel(
     GROUP_N: tl.constexpr = 1, GROUP_K: tl.constexpr = 1,  # SCALES 3: B's scale blocks (BLOCK_SIZE_K | GROUP_K)
     FP8_ACC: tl.constexpr = None,  # FP8: products summed in the tensor core's own (short) accumulator before
     #                                each fp32 add (None: Triton's default; on Hopper that is the whole K)
+    ZERO_BLOCK: tl.constexpr = 0,  # GEMM1 clears GEMM2's output (saves the launch of a separate clear)
 ):
     pdl_start(USE_PDL)
+    pid = tl.program_id(axis=0)
+    if ZERO_BLOCK:  # before any early exit: every program clears its own chunks, whether it has a tile or not
+        for chunk in range(zero_chunks):
+            offs_z = (pid.to(tl.int64) * zero_chunks + chunk) * ZERO_BLOCK + tl.arange(0, ZERO_BLOCK)
+            tl.store(z_ptr + offs_z, tl.zeros((ZERO_BLOCK,), dtype=z_ptr.dtype.element_ty), mask=offs_z < z_numel)
     # -----------------------------------------------------------
     # The tiles: row blocks that hold tokens (the grid is sized for the worst case; the rest exit) times
     # column blocks of N.
-    pid = tl.program_id(axis=0)
     num_pid_m = tl.cdiv(tl.load(num_tokens_post_padded_ptr), BLOCK_SIZE_M)
     num_pid_n = tl.cdiv(N, BLOCK_SIZE_N)
     num_tiles = num_pid_m * num_pid_n
@@ -380,6 +389,7 @@ def invoke_fused_moe_kernel(
     group_n: int = 1,
     group_k: int = 1,
     fp8_acc: int | None = None,
+    zero: torch.Tensor | None = None,
 ) -> None:
     """Launch one grouped GEMM: C[flat id // c_rows_div] (+)= A[flat id // a_rows_div] @ B[expert].T (see
     the kernel). ``topk_weights`` is flat (M * top_k,) fp32. With ``tma`` A is already in sorted order (row =
@@ -388,7 +398,8 @@ def invoke_fused_moe_kernel(
     at once) adds up to num_sms / 2 programs for half-width tiles of a sparse last wave. FP8: ``scales`` 1 (per
     tensor: ``a_scale`` one value, ``b_scale`` (E,)), 2 (per token (rows, 1) / per channel (E, N, 1)) or 3 (per
     token group (rows, K/group_k) / per block (E, N/group_n, K/group_k)), A and B in e4m3; ``fp8_acc``: products
-    summed in the tensor core before each fp32 add (at most BLOCK_SIZE_K; None: Triton's default)."""
+    summed in the tensor core before each fp32 add (at most BLOCK_SIZE_K; None: Triton's default). ``zero``: a
+    contiguous tensor the launch's programs clear before their tiles (the output a later GEMM2 adds into)."""
     if scales and tma:  # the FP8 scales index A by flat id; a TMA A is indexed by sorted position
         raise ValueError("FP8 scales need the pointer path: pass tma=False with scales")
     if scales == 3 and group_k % config["BLOCK_SIZE_K"]:
@@ -408,12 +419,19 @@ def invoke_fused_moe_kernel(
     b_s = b_scale if scales else topk_weights
     a_s_strides = (a_s.stride(0), a_s.stride(1)) if scales and a_s.dim() == 2 else (0, 0)
     b_s_strides = (tuple(b_s.stride()) + (0, 0))[:3] if scales else (0, 0, 0)
+    if zero is not None and not zero.is_contiguous():
+        raise ValueError("zero must be a contiguous tensor")
+    z_numel = 0 if zero is None else zero.numel()
+    # The clear is spread over the grid: chunks of up to 1024 values, as few per program as the grid allows.
+    zero_block = min(1024, triton.next_power_of_2(triton.cdiv(z_numel, grid[0]))) if z_numel else 0
+    zero_chunks = triton.cdiv(z_numel, grid[0] * zero_block) if z_numel else 0
     with runtime.quiet_interpreter():
         fused_moe_kernel[grid](
             a, b, c,
             a_desc, b_desc, b_half_desc,
             topk_weights, sorted_token_ids, expert_ids, num_tokens_post_padded,
             a_s, b_s,
+            c if zero is None else zero, z_numel, zero_chunks,
             n, k, em, topk_weights.shape[0], b.shape[0],  # num_valid_tokens = M * top_k
             a.stride(0), a.stride(1),
             b.stride(0), b.stride(1), b.stride(2),
@@ -441,6 +459,7 @@ def invoke_fused_moe_kernel(
             GROUP_N=group_n,
             GROUP_K=group_k,
             FP8_ACC=fp8_acc if scales and not compute_fp32 else None,
+            ZERO_BLOCK=zero_block,
         )
 
 

@@ -78,7 +78,8 @@ def test_no_plan_keyword_slipped_in_unnoticed():
                 if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty}
     assert keywords == {"num_local": None, "config": None, "has_expert_map": False, "ids_checked": True,
                         "ids_int32": True, "descriptors_ok": True, "split_tail": True, "fuse_k_sum": True,
-                        "pdl": None, "config_dir": None, "fp8": None}
+                        "pdl": None, "config_dir": None, "fp8": None, "clear_in_gemm1": None}
+    # clear_in_gemm1: who writes the zeros the k-sum adds into changes no value (test_experts.py checks the bits).
     # fp8: per token / token group / static activation scales keep it (tests/kernels/test_experts_fp8.py); a
     # dynamic per-tensor scale is the batch's by definition (documented in fused_experts).
 

@@ -362,6 +362,18 @@ def test_k_sum_in_gemm2_gives_the_bits_of_the_separate_pass(dtype, tma, gen, dev
     assert torch.equal(fused[0], fused[1]) and torch.equal(fused[0], separate)
 
 
+@pytest.mark.parametrize("m,hidden", [(1, 64), (41, 1024)])  # H = 1024: two chunks of 1024 per program
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gemm1_clears_the_output_with_the_bits_of_a_separate_clear(m, hidden, dtype, gen, device, poison):
+    # The output starts as NaNs (poison): any value GEMM1's programs failed to zero would show.
+    x, w13, w2, w, ids, _ = make_problem(m, 8, hidden, 96, 2, gen, dtype, device)
+    plan = plan_call(x, w13, w2, ids)
+    assert plan.gemm1.clears_out == (plan.k_sum == "atomic") and "clear" not in plan.steps
+    out = fused_experts(x, w13, w2, w, ids)
+    assert torch.equal(out, run_plan(x, w13, w2, w, ids, clear_in_gemm1=False))
+    assert_close(out, moe_reference(x, w13, w2, w, ids, fp64=True), tol=tolerance(dtype))
+
+
 def test_k_sum_in_gemm2_with_expert_map_and_unchecked_bad_ids(gen, device, poison):
     # Slots on other ranks (-1 blocks) and dropped ids add nothing: their tokens still get a cleared row.
     M, E = 30, 8
@@ -408,13 +420,14 @@ def test_split_tail(num_sms, tma, dtype, gen, device, poison):
 @pytest.mark.gpu
 def test_gpu_split_tail_and_pdl_keep_the_bits(gen):
     # bf16 Mixtral TP8 at M = 4096: 7.2 waves of GEMM1 tiles, so the split runs; PDL on or off, split on or
-    # off, the layer gives the same bits.
+    # off, the output cleared by GEMM1 or alone, the layer gives the same bits.
     x, w13, w2, w, ids, _ = make_problem(4096, 8, 4096, 1792, 2, gen, torch.bfloat16, "cuda")
     config = dict(BLOCK_SIZE_M=128, BLOCK_SIZE_N=128, BLOCK_SIZE_K=64, GROUP_SIZE_M=1, num_warps=8, num_stages=3,
                   TMA=True, down=dict(BLOCK_SIZE_N=256))
     assert plan_call(x, w13, w2, ids, None, config).gemm1.split_tail
-    outs = [run_plan(x, w13, w2, w, ids, config, split_tail=split, pdl=pdl)
-            for split, pdl in ((True, True), (False, True), (True, False), (False, False))]
+    outs = [run_plan(x, w13, w2, w, ids, config, split_tail=split, pdl=pdl, clear_in_gemm1=clear)
+            for split, pdl, clear in ((True, True, True), (False, True, True), (True, False, True),
+                                      (False, False, True), (True, True, False))]
     assert all(torch.equal(outs[0], o) for o in outs[1:])
     assert_close(outs[0], moe_reference(x, w13, w2, w, ids), tol=tolerance(torch.bfloat16))
 

@@ -47,8 +47,10 @@ def test_unknown_gpu_and_interpreter_take_the_heuristics():
 
 def test_decode_one_token():
     plan = mixtral(1)
-    assert plan.layout == "decode" and plan.steps == ("clear", "gemm1", "gemm2")  # int32 ids: no layout kernel
-    assert mixtral(1, ids_int32=False).steps == ("clear", "align", "gemm1", "gemm2")  # int64 ids: one cast
+    assert plan.layout == "decode" and plan.steps == ("gemm1", "gemm2")  # int32 ids: no layout kernel
+    assert plan.gemm1.clears_out  # GEMM1 zeroes the output GEMM2 adds into: two launches in all
+    assert mixtral(1, clear_in_gemm1=False).steps == ("clear", "gemm1", "gemm2")
+    assert mixtral(1, ids_int32=False).steps == ("align", "gemm1", "gemm2")  # int64 ids: one cast
     assert plan.sorted_len == 2 * plan.block_m and plan.k_sum == "atomic"
     assert plan.pdl  # one token of top-2 on Hopper
     assert plan.buffers == {"act": (2, 1792)}
@@ -59,7 +61,8 @@ def test_decode_one_token():
 def test_prefill_large_m_takes_the_sorted_tma_layout_and_splits_a_sparse_last_wave():
     plan = mixtral(4096)
     assert plan.layout == "align" and plan.tma and not plan.pdl
-    assert plan.steps == ("clear", "align", "gather", "gemm1", "gemm2")
+    assert plan.steps == ("clear", "align", "gather", "gemm1", "gemm2")  # a clear of its own at large M
+    assert mixtral(4096, clear_in_gemm1=True).steps == ("align", "gather", "gemm1", "gemm2")
     em = plan.sorted_len
     assert em == 4096 * 2 + 8 * (plan.block_m - 1)
     assert plan.buffers == {"a1": (em, 4096), "act": (em, 1792)}
@@ -82,7 +85,9 @@ def test_prefill_large_m_takes_the_sorted_tma_layout_and_splits_a_sparse_last_wa
 def test_k_sum(top_k, ids_checked, dtype, target, k_sum):
     plan = make_plan(40, 64, 96, top_k, 8, dtype=dtype, target=target, ids_checked=ids_checked)
     assert plan.k_sum == k_sum
-    assert ("clear" in plan.steps) == (k_sum == "atomic") and ("sum_k" in plan.steps) == (k_sum == "pass")
+    assert plan.gemm1.clears_out == (k_sum == "atomic") and ("sum_k" in plan.steps) == (k_sum == "pass")
+    alone = make_plan(40, 64, 96, top_k, 8, dtype=dtype, target=target, ids_checked=ids_checked, clear_in_gemm1=False)
+    assert ("clear" in alone.steps) == (k_sum == "atomic") and not alone.gemm1.clears_out
     assert ("partial" in plan.buffers) == (k_sum == "pass")
     assert plan.gemm2.c_rows_div == (top_k if k_sum == "atomic" else 1)
     assert make_plan(40, 64, 96, top_k, 8, dtype=dtype, target=target, fuse_k_sum=False).k_sum != "atomic"
@@ -157,7 +162,7 @@ def test_fp8_quantizes_before_each_gemm_through_pointers_with_promoted_sums():
         assert g.fp8_acc == min(FP8_ACCUMULATE, g.config["BLOCK_SIZE_K"])
     assert "FP8      : e4m3 weights, tensor-wise scales, a1 dynamic, a2 dynamic" in plan.describe()
     decode = mixtral(1, fp8=Fp8("channel", static_a1=True))
-    assert decode.steps == ("clear", "quant1", "gemm1", "quant2", "gemm2") and decode.gemm1.scales == 2
+    assert decode.steps == ("quant1", "gemm1", "quant2", "gemm2") and decode.gemm1.scales == 2
 
 
 def test_fp8_block_tiles_never_straddle_a_scale_block():

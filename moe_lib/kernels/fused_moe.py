@@ -74,7 +74,6 @@ def fused_moe_kernel(
     FP8_ACC: tl.constexpr = None,  # FP8: products summed in the tensor core's own (short) accumulator before
     #                                each fp32 add (None: Triton's default; on Hopper that is the whole K)
     ZERO_BLOCK: tl.constexpr = 0,  # GEMM1 clears GEMM2's output (saves the launch of a separate clear)
-    WARP_SPECIALIZE: tl.constexpr = False,  # TMA: producer warps load while consumer warps multiply
 ):
     pdl_start(USE_PDL)
     pid = tl.program_id(axis=0)
@@ -103,7 +102,7 @@ def fused_moe_kernel(
                   stride_asm, stride_ask, stride_bse, stride_bsn, stride_bsk,
                   b_desc, pid_m, pid_n * BLOCK_SIZE_N,
                   A_ROWS_DIV, C_ROWS_DIV, GATED, MUL_ROUTED_WEIGHT, TMA, C_SORTED, COMPUTE_FP32, DOT_PRECISION,
-                  BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K, SCALES, GROUP_N, GROUP_K, FP8_ACC, WARP_SPECIALIZE)
+                  BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K, SCALES, GROUP_N, GROUP_K, FP8_ACC)
     elif SPLIT_TAIL:
         half = pid - num_whole  # programs num_whole + 2t and + 2t + 1 share tile num_whole + t
         if half < 2 * (num_tiles - num_whole):
@@ -115,7 +114,7 @@ def fused_moe_kernel(
                       b_half_desc, pid_m, pid_n * BLOCK_SIZE_N + (half % 2) * (BLOCK_SIZE_N // 2),
                       A_ROWS_DIV, C_ROWS_DIV, GATED, MUL_ROUTED_WEIGHT, TMA, C_SORTED, COMPUTE_FP32,
                       DOT_PRECISION, BLOCK_SIZE_M, BLOCK_SIZE_N // 2, BLOCK_SIZE_K, SCALES, GROUP_N, GROUP_K,
-                      FP8_ACC, WARP_SPECIALIZE)
+                      FP8_ACC)
 
 
 @triton.jit
@@ -143,7 +142,6 @@ def _moe_tile(
     TMA: tl.constexpr, C_SORTED: tl.constexpr, COMPUTE_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
     SCALES: tl.constexpr, GROUP_N: tl.constexpr, GROUP_K: tl.constexpr, FP8_ACC: tl.constexpr,
-    WARP_SPECIALIZE: tl.constexpr,
 ):
     """One BLOCK_SIZE_M x BLOCK_SIZE_N tile of C (see fused_moe_kernel for the arguments)."""
     # -----------------------------------------------------------
@@ -192,7 +190,7 @@ def _moe_tile(
         a_scale_ptrs = a_scale_ptr + a_rows * stride_asm
         b_scale_ptrs = b_scale_ptr + expert * stride_bse + (offs_bn // GROUP_N) * stride_bsn
         b_up_scale_ptrs = b_scale_ptr + expert * stride_bse + ((offs_bn + N) // GROUP_N) * stride_bsn
-    for k in tl.range(0, tl.cdiv(K, BLOCK_SIZE_K), warp_specialize=WARP_SPECIALIZE):
+    for k in range(0, tl.cdiv(K, BLOCK_SIZE_K)):
         k_mask = offs_k < K - k * BLOCK_SIZE_K
         if TMA:
             a = a_desc.load([row_a, k * BLOCK_SIZE_K])  # (BLOCK_SIZE_M, BLOCK_SIZE_K)
@@ -392,7 +390,6 @@ def invoke_fused_moe_kernel(
     group_k: int = 1,
     fp8_acc: int | None = None,
     zero: torch.Tensor | None = None,
-    warp_specialize: bool = False,
 ) -> None:
     """Launch one grouped GEMM: C[flat id // c_rows_div] (+)= A[flat id // a_rows_div] @ B[expert].T (see
     the kernel). ``topk_weights`` is flat (M * top_k,) fp32. With ``tma`` A is already in sorted order (row =
@@ -463,7 +460,6 @@ def invoke_fused_moe_kernel(
             GROUP_K=group_k,
             FP8_ACC=fp8_acc if scales and not compute_fp32 else None,
             ZERO_BLOCK=zero_block,
-            WARP_SPECIALIZE=warp_specialize,
         )
 
 

@@ -3,6 +3,8 @@
     python -m moe_lib.perf.tune                  # Mixtral: N = 14336/tp for tp in 1 2 4 8
     python -m moe_lib.perf.tune --tp 8 --m 1 16 64
     python -m moe_lib.perf.tune --fp8 tensor         # FP8 w8a8 tables (",dtype=fp8_w8a8"); --fp8 block: [128,128]
+    python -m moe_lib.perf.tune --jobs 12            # compile the search's kernels in 12 processes first
+    python -m moe_lib.perf.tune --check-lookup --m 3 12 40 80 160 320 640 1280 2560 --out lookup.json
 
 For each (N, M) and each BLOCK_SIZE_M (shared by both GEMMs, since they walk the same aligned blocks),
 GEMM1 (x w13, gate and up) and GEMM2 (x w2) are timed *separately* over their candidates, each alone in a
@@ -10,14 +12,20 @@ CUDA graph, as steps of the plan that ``fused_experts`` would run with that conf
 alignment + best GEMM1 + best GEMM2 is fastest wins. From M = 512 on each BLOCK_SIZE_M >= 64 is also tried
 with ``"TMA"`` (tokens copied into sorted order, tiles read through tensor descriptors), the copy's time
 counted. The table goes to ``moe_lib/kernels/configs/E=<E>,N=<N>,device_name=<gpu>.json`` (vLLM's name)
-mapping M to a config whose ``"down"`` entry holds GEMM2's own tile sizes; the lookup picks the nearest M.
+mapping M to a config whose ``"down"`` entry holds GEMM2's own tile sizes; the lookup takes the nearest M by ratio
+(``configs.nearest_row``; ``--check-lookup`` times the layer between rows).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
+import math
+import time
+import zlib
+from pathlib import Path
 
 import torch
 
@@ -28,7 +36,7 @@ from ..kernels.routing import topk_softmax_triton
 from .bench import MIXTRAL, fp8_weights, make_weights
 from .timing import graph_us
 
-#: The M grid of the tables: dense where the best tiles change (the lookup takes the nearest row).
+#: The M grid of the tables: about two rows per doubling of M (the lookup takes the nearest row by ratio).
 TUNE_M = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
 SMEM_BYTES = 227 * 1024  # an H100 block's shared memory
 #: ``--fp8``: the weight-scale layout -> the table's block_shape (vLLM's names)
@@ -94,6 +102,34 @@ def _down(config: dict) -> dict:
     return {key: v for key, v in config.items() if key != "BLOCK_SIZE_M"}
 
 
+def searches(m: int, scheme: Fp8 | None = None):
+    """The searches of one point: (BLOCK_SIZE_M, TMA, GEMM1's candidates, GEMM2's candidates) for each row-block
+    height and layout tried. ``scheme``: the FP8 scheme (one-byte tiles; K tiles within its scale blocks)."""
+    element = 2 if scheme is None else 1
+    max_k = None if scheme is None or scheme.block_shape is None else scheme.block_shape[1]
+    for block_m in block_m_choices(m):
+        for tma in tma_choices(m, block_m, scheme is not None):
+            yield (block_m, tma, candidates(m, block_m, True, element, max_k),
+                   candidates(m, block_m, False, element, max_k))
+
+
+def point_configs(m: int, scheme: Fp8 | None = None):
+    """Every whole config the search of one point runs: GEMM1's candidates with GEMM2's first, then GEMM2's with
+    GEMM1's first. (The search pairs GEMM2's candidates with GEMM1's winner instead; the kernels are the same.)"""
+    for _block_m, tma, ups, downs in searches(m, scheme):
+        yield from ({**c, "TMA": tma, "down": _down(downs[0])} for c in ups)
+        yield from ({**ups[0], "TMA": tma, "down": _down(c)} for c in downs)
+
+
+def _bind(x, w13, w2, weights, ids, fp8, config):
+    """The plan ``fused_experts`` would run with this config, bound and run once (real values in every buffer:
+    GEMM2 reads what GEMM1 wrote)."""
+    scheme, scales = fp8 or (None, None)
+    b = plan_call(x, w13, w2, ids, None, config, fp8=scheme).bind(x, w13, w2, weights, ids, scales=scales)
+    b.run()
+    return b
+
+
 def tune_point(x, w13, w2, weights, ids, fp8=None) -> tuple[float, dict]:
     """The best config for one (weights, M), and the µs of alignment (+ gather) + GEMM1 + GEMM2 with it.
 
@@ -102,72 +138,168 @@ def tune_point(x, w13, w2, weights, ids, fp8=None) -> tuple[float, dict]:
     :class:`~moe_lib.kernels.experts.Fp8`, scales dict) with e4m3 w13 and w2; the quantizations of x and
     act are counted too (they do not depend on the config)."""
     m = x.shape[0]
-    scheme, scales = fp8 or (None, None)
-    element = 2 if scheme is None else 1
-    max_k = None if scheme is None or scheme.block_shape is None else scheme.block_shape[1]
 
     def bound(config):
-        b = plan_call(x, w13, w2, ids, None, config, fp8=scheme).bind(x, w13, w2, weights, ids, scales=scales)
-        b.run()  # real values in every buffer: GEMM2 reads what GEMM1 wrote
-        return b
-
-    def cands(block_m, gated):
-        return candidates(m, block_m, gated, element, max_k)
+        return _bind(x, w13, w2, weights, ids, fp8, config)
 
     best = None
-    for block_m, tma in ((bm, t) for bm in block_m_choices(m) for t in tma_choices(m, bm, scheme is not None)):
-        first_down = _down(cands(block_m, gated=False)[0])
-        probe = bound({**cands(block_m, gated=True)[0], "TMA": tma, "down": first_down})
+    for _block_m, tma, ups, downs in searches(m, None if fp8 is None else fp8[0]):
+        first_down = _down(downs[0])
+        probe = bound({**ups[0], "TMA": tma, "down": first_down})
         if tma and not probe.plan.tma:
             continue  # descriptors are not possible here: the plan fell back to pointer loads
         fixed = ("align", "gather", "quant1", "quant2")
         align_us = sum(graph_us(probe.steps[s]) for s in fixed if s in probe.steps)
         # GEMM1's time does not depend on GEMM2's config, so each GEMM is searched on its own.
         up_us, up = _best(lambda c, t=tma, d=first_down: graph_us(bound({**c, "TMA": t, "down": d}).steps["gemm1"]),
-                          cands(block_m, gated=True))
+                          ups)
         down_us, down = _best(lambda c, t=tma, u=up: graph_us(bound({**u, "TMA": t, "down": _down(c)}).steps["gemm2"]),
-                              cands(block_m, gated=False))
+                              downs)
         total = align_us + up_us + down_us
         if best is None or total < best[0]:
             best = (total, {**up, **({"TMA": True} if tma else {}), "down": _down(down)})
     return best
 
 
-def tune(tps=(1, 2, 4, 8), ms=TUNE_M, verbose=True, fp8: str | None = None) -> dict[int, dict]:
-    """Tune and write the tables of these TP sizes; ``fp8``: "tensor" or "block" for FP8 tables."""
+def _point_inputs(m: int, gen: torch.Generator):
+    """M tokens and their top-2 routing, as the tuner times them."""
+    e, k, h = MIXTRAL["num_experts"], MIXTRAL["top_k"], MIXTRAL["hidden"]
+    x = torch.randn(m, h, device="cuda", dtype=torch.bfloat16, generator=gen)
+    weights, ids = topk_softmax_triton(torch.randn(m, e, device="cuda", generator=gen), k)
+    return x, weights, ids
+
+
+def _tp_weights(tp: int, gen: torch.Generator, fp8: str | None):
+    """(w13, w2, (scheme, scales) or None) of Mixtral at this TP size."""
+    w13, w2 = make_weights(tp, gen)
+    if fp8 is None:
+        return w13, w2, None
+    block = FP8_BLOCKS[fp8]
+    (w13, s13), (w2, s2) = fp8_weights(w13, w2, block)
+    return w13, w2, (Fp8(fp8, block), {"w1_scale": s13, "w2_scale": s2})
+
+
+def _zero_weights(tp: int, fp8: str | None):
+    """:func:`_tp_weights`' shapes, dtypes and strides, all zeros (scales ones): what a kernel compiles for, without
+    the memory of quantizing (a dozen workers hold these at once)."""
+    e, h, n = MIXTRAL["num_experts"], MIXTRAL["hidden"], MIXTRAL["intermediate"] // tp
+    dtype = torch.bfloat16 if fp8 is None else torch.uint8  # (e4m3 zeros are byte zeros)
+    w13, w2 = (torch.zeros(shape, device="cuda", dtype=dtype) for shape in ((e, 2 * n, h), (e, h, n)))
+    if fp8 is not None:
+        w13, w2 = w13.view(torch.float8_e4m3fn), w2.view(torch.float8_e4m3fn)
+    if fp8 is None:
+        return w13, w2, None
+    block = FP8_BLOCKS[fp8]
+    s13, s2 = (torch.ones(e, device="cuda") if block is None else
+               torch.ones(e, -(-rows // block[0]), -(-cols // block[1]), device="cuda")
+               for rows, cols in ((2 * n, h), (h, n)))
+    return w13, w2, (Fp8(fp8, block), {"w1_scale": s13, "w2_scale": s2})
+
+
+def _compile_share(tp: int, ms: tuple[int, ...], fp8: str | None, share: int, jobs: int) -> int:
+    """One worker of :func:`precompile`: run once every config of the search whose hash falls to ``share`` (so
+    each kernel is compiled by one worker only, into Triton's on-disk cache). Returns how many it ran."""
+    gen = torch.Generator(device="cuda").manual_seed(share)
+    w13, w2, quant = _zero_weights(tp, fp8)
+    ran = 0
+    for m in ms:
+        x, weights, ids = _point_inputs(m, gen)
+        for config in point_configs(m, None if quant is None else quant[0]):
+            if zlib.crc32(json.dumps(config, sort_keys=True).encode()) % jobs != share:
+                continue
+            with contextlib.suppress(Exception):  # the search itself reports what fails
+                _bind(x, w13, w2, weights, ids, quant, config)
+                ran += 1
+    torch.cuda.synchronize()
+    return ran
+
+
+def precompile(tp: int, ms, fp8: str | None = None, jobs: int = 8) -> float:
+    """Compile every kernel the search of these points will time, in ``jobs`` processes at once: Triton compiles
+    on one CPU core per kernel, and a search runs hundreds of configs. The search then loads them from Triton's
+    cache. Returns the seconds it took."""
+    start = time.perf_counter()
+    ctx = torch.multiprocessing.get_context("spawn")
+    with ctx.Pool(jobs) as pool:
+        pool.starmap(_compile_share, [(tp, tuple(ms), fp8, share, jobs) for share in range(jobs)])
+    return time.perf_counter() - start
+
+
+def _write_table(path, table: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({str(m): table[m] for m in sorted(table)}, indent=1) + "\n")
+
+
+def tune(tps=(1, 2, 4, 8), ms=TUNE_M, verbose=True, fp8: str | None = None, jobs: int = 0) -> dict[int, dict]:
+    """Tune and write the tables of these TP sizes; ``fp8``: "tensor" or "block" for FP8 tables; ``jobs``:
+    processes that compile the search's kernels first (0: each compiles when first timed). The table is written
+    after every point, so an interrupted search keeps what it found."""
     if not runtime.HAS_CUDA:
         raise SystemExit("moe_lib.perf.tune needs a CUDA GPU")
     gen = torch.Generator(device="cuda").manual_seed(0)
-    e, k, h = MIXTRAL["num_experts"], MIXTRAL["top_k"], MIXTRAL["hidden"]
+    e = MIXTRAL["num_experts"]
     name = runtime.device_name()
     written = {}
     for tp in tps:
-        w13, w2 = make_weights(tp, gen)
+        if jobs:
+            seconds = precompile(tp, ms, fp8, jobs)
+            if verbose:
+                print(f"tp={tp}: kernels compiled in {jobs} processes in {seconds:.0f} s", flush=True)
+        w13, w2, quant = _tp_weights(tp, gen, fp8)
         n = w2.shape[2]
-        scheme = scales = None
-        if fp8 is not None:
-            block = FP8_BLOCKS[fp8]
-            (w13, s13), (w2, s2) = fp8_weights(w13, w2, block)
-            scheme, scales = Fp8(fp8, block), {"w1_scale": s13, "w2_scale": s2}
         path = CONFIG_DIR / config_file_name(e, n, name, None if fp8 is None else "fp8_w8a8",
                                              None if fp8 is None else FP8_BLOCKS[fp8])
         # Re-tuning some M keeps the other rows of an existing table.
         table = read_config_table(path) if path.exists() else {}
         for m in ms:
-            x = torch.randn(m, h, device="cuda", dtype=torch.bfloat16, generator=gen)
-            logits = torch.randn(m, e, device="cuda", generator=gen)
-            weights, ids = topk_softmax_triton(logits, k)
-            us, table[m] = tune_point(x, w13, w2, weights, ids, None if fp8 is None else (scheme, scales))
+            start = time.perf_counter()
+            x, weights, ids = _point_inputs(m, gen)
+            us, table[m] = tune_point(x, w13, w2, weights, ids, quant)
+            _write_table(path, table)
             if verbose:
-                print(f"tp={tp} N={n} M={m:>5}: {us:8.1f} us  {table[m]}", flush=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({str(m): table[m] for m in sorted(table)}, indent=1) + "\n")
+                print(f"tp={tp} N={n} M={m:>5}: {us:8.1f} us  {table[m]}  ({time.perf_counter() - start:.0f} s)",
+                      flush=True)
         written[n] = table
         if verbose:
             print(f"wrote {path.name}", flush=True)
-        del w13, w2
+        del w13, w2, quant
         torch.cuda.empty_cache()
     return written
+
+
+def check_lookup(tps, ms, out_path=None, verbose=True) -> list[dict]:
+    """Between the rows of a table: the whole layer at each M of ``ms`` (off the grid), timed as the bench times
+    it with the config of the row below and of the row above, and the row each lookup rule takes (the nearest M by
+    difference, vLLM's rule, or by ratio, this project's :func:`~moe_lib.kernels.configs.nearest_row`)."""
+    from .bench import layer_moe_lib, time_layer_graph
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    e, k, h = MIXTRAL["num_experts"], MIXTRAL["top_k"], MIXTRAL["hidden"]
+    rows = []
+    for tp in tps:
+        w13, w2 = make_weights(tp, gen)
+        n = w2.shape[2]
+        table = read_config_table(CONFIG_DIR / config_file_name(e, n, runtime.device_name()))
+        for m in ms:
+            below, above = max((r for r in table if r <= m), default=None), min((r for r in table if r >= m),
+                                                                                 default=None)
+            if below is None or above is None or below == above:
+                continue
+            x = torch.randn(m, h, device="cuda", dtype=torch.bfloat16, generator=gen)
+            pool = [torch.randn(m, e, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(8)]
+            us = {r: time_layer_graph(layer_moe_lib, x, w13, w2, k, 10, 10, pool, table[r]) for r in (below, above)}
+            row = {"tp": tp, "M": m, "below": below, "above": above, "us_below": round(us[below], 2),
+                   "us_above": round(us[above], 2), "faster": min(us, key=us.get),
+                   "nearest": min((below, above), key=lambda r: (abs(r - m), r)),
+                   "nearest_log": min((below, above), key=lambda r: (abs(math.log(r / m)), r))}
+            rows.append(row)
+            if verbose:
+                print(row, flush=True)
+        del w13, w2
+        torch.cuda.empty_cache()
+    if out_path:
+        Path(out_path).write_text(json.dumps({"gpu": runtime.device_name(), "rows": rows}, indent=1) + "\n")
+    return rows
 
 
 def main(argv=None) -> None:
@@ -175,8 +307,16 @@ def main(argv=None) -> None:
     p.add_argument("--tp", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--m", type=int, nargs="+", default=list(TUNE_M))
     p.add_argument("--fp8", choices=tuple(FP8_BLOCKS), default=None, help="tune FP8 w8a8 tables of this scale layout")
+    p.add_argument("--jobs", type=int, default=0,
+                   help="compile the search's kernels in this many processes first (0: as they are first timed)")
+    p.add_argument("--check-lookup", action="store_true",
+                   help="time the layer at each --m with the table rows below and above it (bf16) instead of tuning")
+    p.add_argument("--out", default=None, help="--check-lookup: a JSON file for the rows")
     a = p.parse_args(argv)
-    tune(a.tp, a.m, fp8=a.fp8)
+    if a.check_lookup:
+        check_lookup(a.tp, a.m, a.out)
+    else:
+        tune(a.tp, a.m, fp8=a.fp8, jobs=a.jobs)
 
 
 if __name__ == "__main__":

@@ -47,9 +47,10 @@ def test_a_vllm_table_is_read_from_a_directory_setting(tmp_path, monkeypatch):
     assert "TMA" not in up and down == ROW
 
 
-def test_nearest_row_takes_the_smaller_m_on_a_tie():
-    table = {1: {"x": 1}, 4: {"x": 4}, 8: {"x": 8}}
-    assert [nearest_row(table, m)["x"] for m in (1, 2, 3, 6, 7, 100)] == [1, 1, 4, 4, 8, 8]
+def test_nearest_row_is_the_nearest_ratio_and_the_smaller_m_on_a_tie():
+    table = {1: {"x": 1}, 4: {"x": 4}, 8: {"x": 8}, 4096: {"x": 4096}}
+    assert [nearest_row(table, m)["x"] for m in (0, 1, 2, 3, 5, 6, 7, 100, 181, 182, 10**6)] == [
+        1, 1, 1, 4, 4, 8, 8, 8, 8, 4096, 4096]  # 2: 2/1 = 4/2, a tie; 181 * 181 < 8 * 4096 < 182 * 182
 
 
 @pytest.mark.parametrize("row,match", [

@@ -3,6 +3,8 @@ config found through the plan."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -16,6 +18,7 @@ def test_gpu_breakdown_times_every_step_of_the_layer():
                            "layer"]
     assert steps["sum_k"] == steps["quant1"] == 0.0  # GEMM2 sums over k, into the cleared output; bf16
     assert all(steps[name] > 0 for name in ("routing", "clear", "align", "gather", "gemm1", "gemm2", "layer"))
+    assert bench.breakdown(8, 600, repeats=2, clear_in_gemm1=True)["clear"] == 0.0  # GEMM1 clears it instead
 
 
 @pytest.mark.gpu
@@ -52,3 +55,20 @@ def test_fp8_candidates_fit_one_byte_values_and_the_scale_blocks():
     assert {c["BLOCK_SIZE_N"] for c in tune.candidates(4096, 128, False, element=1)} == {64, 128, 256}
     assert all(c["BLOCK_SIZE_K"] <= 128 for c in tune.candidates(600, 64, True, element=1, max_k=128))
     assert tune.tma_choices(1024, 64) == (False, True) and tune.tma_choices(1024, 64, fp8=True) == (False,)
+
+
+def test_the_precompiled_configs_are_the_searched_ones():
+    # precompile() runs point_configs; tune_point times searches(): the same GEMM1 and GEMM2 candidates.
+    from moe_lib.kernels.configs import split_config
+    from moe_lib.perf import tune
+
+    for m in (1, 64, 600):
+        configs = list(tune.point_configs(m))
+        searched = [(bm, tma, ups, downs) for bm, tma, ups, downs in tune.searches(m)]
+        assert len(configs) == sum(len(ups) + len(downs) for _, _, ups, downs in searched)
+        for config in configs:
+            up, down = split_config(config)
+            assert any(up["BLOCK_SIZE_M"] == bm and config["TMA"] == tma for bm, tma, _, _ in searched)
+        ups = {json.dumps(split_config(c)[0], sort_keys=True) for c in configs}
+        assert ups >= {json.dumps({**c, **({"TMA": True} if tma else {})}, sort_keys=True)
+                       for _, tma, cands, _ in searched for c in cands}

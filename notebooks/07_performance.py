@@ -48,8 +48,8 @@ from pathlib import Path
 import torch
 
 from moe_lib import runtime
-from moe_lib.kernels.configs import default_config, load_config_table
-from moe_lib.kernels.experts import make_plan
+from moe_lib.kernels.configs import default_config, load_config_table, nearest_row
+from moe_lib.kernels.experts import CLEAR_IN_GEMM1_MAX_ROWS, make_plan
 from moe_lib.kernels.fused_moe import _moe_tile as fused_moe_kernel_tile
 from moe_lib.kernels.fused_moe import fused_moe_kernel
 from moe_lib.kernels.routing import topk_softmax
@@ -207,10 +207,12 @@ def yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
-print(f"{'M':>5} {'layout':>7} {'BLOCK_M':>8} {'TMA':>4} {'k-sum':>7} {'PDL':>4} {'split tail GEMM1/GEMM2':>23}")
+print(f"{'M':>5} {'layout':>7} {'BLOCK_M':>8} {'TMA':>4} {'k-sum':>7} {'cleared by':>11} {'PDL':>4} "
+      f"{'split tail GEMM1/GEMM2':>23}")
 for m in M_VALUES:
     p = plan(m, 8)
-    print(f"{m:>5} {p.layout:>7} {p.block_m:>8} {yes(p.tma):>4} {p.k_sum:>7} {yes(p.pdl):>4} "
+    cleared = "GEMM1" if p.gemm1.clears_out else "own launch" if "clear" in p.steps else "-"
+    print(f"{m:>5} {p.layout:>7} {p.block_m:>8} {yes(p.tma):>4} {p.k_sum:>7} {cleared:>11} {yes(p.pdl):>4} "
           f"{yes(p.gemm1.split_tail) + '/' + yes(p.gemm2.split_tail):>23}")
 separate = plan(4096, 8, fuse_k_sum=False)
 print(f"\nwith the sum over k as a separate pass (M = 4096): {' -> '.join(separate.steps)}; buffers {separate.buffers}")
@@ -223,7 +225,8 @@ print(f"\nwith the sum over k as a separate pass (M = 4096): {' -> '.join(separa
 
 # %% [markdown] slideshow={"slide_type": "notes"}
 # * **Atomic k-sum** (top-2): GEMM2 adds each slot's row into a cleared output. $0 + a + b$ rounds the same in
-#   either order, so the result stays deterministic; the separate pass and its $(Mk, H)$ buffer disappear.
+#   either order, so the result stays deterministic; the separate pass and its $(Mk, H)$ buffer disappear. Up to
+#   $M = 256$ GEMM1's programs clear that output themselves: one launch fewer (section 4).
 # * **TMA layout** (large $M$): the tokens are copied once into sorted order (`gather`), so every tile is a
 #   rectangle that Hopper's copy engine fetches from one tensor descriptor, instead of rows gathered by pointer
 #   in every program.
@@ -247,6 +250,42 @@ viz.tile_shapes(heuristic, tuned,
 # %% [markdown] slideshow={"slide_type": "notes"}
 # At large $M$ a bigger tile does more FLOPs per byte it moves into shared memory, which is what a
 # compute-bound batch needs; GEMM2, whose output is $H = 4096$ wide at every TP, often takes 256-wide tiles.
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Between the rows
+#
+# A table holds 21 rows, $M$ = 1, 2, 4, 8, 16, 24, 32, 48, … 4096: about two per doubling. A call of $M = 40$
+# takes the row of 32 or of 48 — which? vLLM takes the nearest difference; on a grid that doubles, the nearest
+# *ratio* is the natural distance. The H200 settled it (`tune --check-lookup`): the layer at ten $M$ between
+# rows, at every TP, with the row below and with the row above.
+
+# %% slideshow={"slide_type": "-"}
+lookup = load(HISTORY / "lookup_H200.json")["rows"]
+
+
+def slower(row: dict, pick: int) -> float:
+    """How much slower the picked row ran than the faster of the two."""
+    us = row["us_below"] if pick == row["below"] else row["us_above"]
+    return us / min(row["us_below"], row["us_above"]) - 1
+
+
+for rule, label in (("nearest", "nearest difference"), ("nearest_log", "nearest ratio")):
+    cost = [slower(row, row[rule]) for row in lookup]
+    print(f"{label:>18}: the faster row at {sum(c == 0 for c in cost):>2} of {len(lookup)} points, "
+          f"{statistics.fmean(cost):.1%} slower on average, at most {max(cost):.1%}")
+ratio = [row["nearest_log"] for row in lookup]
+ours_pick = [nearest_row({row["below"]: {"m": row["below"]}, row["above"]: {"m": row["above"]}}, row["M"])["m"]
+             for row in lookup]
+print("PASS" if ours_pick == ratio else "FAIL", " configs.nearest_row takes the nearest ratio at every measured point")
+
+# %% slideshow={"slide_type": "-"} alt="Four panels, TP 1 to 8: for ten token counts between table rows, how many per cent slower than the faster neighbouring row each lookup rule's pick ran; the ratio rule's points sit mostly at zero."
+viz.between_rows(lookup)
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# The ratio rule is the lookup of `moe_lib.kernels.configs.nearest_row`. Neither rule is always right (the
+# faster row is sometimes below, sometimes above); a finer grid makes the choice matter less, and the search that
+# made these 21 rows per table took about five minutes for all four tables once its kernels were compiled in
+# parallel first (`tune --jobs 12`, `data/bench/history/README.md`).
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## 4. What each production change bought
@@ -382,6 +421,44 @@ print("PASS" if torch.equal(on, off) else "FAIL", " the same bits with the last 
 show_lines(fused_moe_kernel, "SPLIT_TAIL", "num_whole", "half")
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
+# **GEMM1 clears the output** (`ZERO_BLOCK`): the atomic k-sum adds into an output that must start as zeros.
+# A launch of its own costs a few µs of a decode call; instead every GEMM1 program first zeroes a few chunks
+# of it. GEMM2 starts only after GEMM1 has finished, so its adds find the zeros. Zeros are zeros: the bits
+# cannot move.
+
+# %% slideshow={"slide_type": "-"}
+plan_on, on = run_small(clear_in_gemm1=True)
+plan_off, off = run_small(clear_in_gemm1=False)
+print(f"steps: {' -> '.join(plan_on.steps)}  (alone: {' -> '.join(plan_off.steps)})")
+print("PASS" if torch.equal(on, off) else "FAIL", " the same bits with the output cleared by GEMM1")
+show_lines(fused_moe_kernel, "ZERO_BLOCK", "zero_chunks")
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# Predicted: one launch fewer, 1–2 µs per call, which matters only where a call takes tens of µs. Measured on
+# the H200, the whole layer, both ways interleaved five times:
+
+# %% slideshow={"slide_type": "-"}
+clear_ab = load(HISTORY / "clear_in_gemm1_H200.json")["repeat_retuned_tables"]
+print(f"{'TP':>3} {'M':>5} {'own launch µs':>14} {'in GEMM1 µs':>12} {'change':>8}")
+for row in clear_ab:
+    print(f"{row['tp']:>3} {row['M']:>5} {row['clear_alone']:>14.1f} {row['clear_in_gemm1']:>12.1f} "
+          f"{row['clear_in_gemm1'] / row['clear_alone'] - 1:>+8.1%}")
+print(f"so the plan clears in GEMM1 up to {CLEAR_IN_GEMM1_MAX_ROWS} (token, slot) rows: "
+      f"M = 256, top-2 (TP = 8, M = 256: {'GEMM1' if plan(256, 8).gemm1.clears_out else 'own launch'}; "
+      f"M = 512: {'GEMM1' if plan(512, 8).gemm1.clears_out else 'own launch'})")
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# It won 1–2 µs at one token at TP 8, 2 and 1 and at up to 64 tokens everywhere, as predicted — and lost 3 µs at
+# TP 4, $M = 1$, in both runs, which we do not yet understand. At 512 and 1024 tokens it was within 1 % at TP 8
+# and 4 and lost up to 2 % at TP 2 and 1: there a clear of its own (8 MB at $M = 1024$) streams at full
+# bandwidth in about as long as GEMM1's programs take for it. A change is kept only where it wins.
+#
+# **Tried and dropped: warp specialization.** Triton 3.6 can split a K loop's warps into producers (TMA loads)
+# and consumers (the tensor-core MMAs), `tl.range(..., warp_specialize=True)`. On the TMA GEMMs at $M$ = 1024–4096
+# it gave the same bits and the same time (GEMM1 −1 % to +1 %, GEMM2 −1 % to +3 %,
+# `data/bench/history/warp_specialize_H200.json`), and did not compile with 4 warps: not kept.
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # **The decode layout** (one token): its $k$ experts are distinct, so slot $j$ takes block $j$ — no alignment
 # kernel. **PDL** (`USE_PDL`, one token on Hopper): each kernel launches while its predecessor finishes and
 # waits for its writes; the interpreter ignores it, and the GPU tests hold the bits (`tests/kernels`).
@@ -514,7 +591,9 @@ check_decode_floor(decode_floor_us)
 # * One **plan** holds every decision of a call — tiles, decode or aligned layout, TMA, how the sum over $k$ is
 #   made, split tail, PDL — and is computed from shapes alone, so a CPU can show what an H200 runs.
 # * Each production change was measured before and after, against the noise of two machines: tuned tiles at
-#   small $M$, the TMA layout at large $M$, and smaller gains from the atomic k-sum, the split tail and PDL.
+#   small $M$, the TMA layout at large $M$, and smaller gains from the atomic k-sum, the split tail and PDL;
+#   a clear moved into GEMM1 won only up to 256 tokens and is kept only there; warp specialization won nothing.
+# * Between two table rows the nearest **ratio** picks the faster row more often than the nearest difference.
 # * The remaining gaps have names: a fixed cost per call at small $M$ and high TP, the dip near the ridge, and
 #   at the largest batches the card's power budget.
 #

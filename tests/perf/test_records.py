@@ -82,6 +82,12 @@ def test_history_runs_draw():
     vp.power_trace(h100, read_power_log(HISTORY / "power_NVIDIA_H100_80GB_HBM3.csv"))
 
 
+def test_the_lookup_and_clear_measurements_draw():
+    vp.between_rows(_load(HISTORY / "lookup_H200.json")["rows"])
+    clear = _load(HISTORY / "clear_in_gemm1_H200.json")["repeat_retuned_tables"]
+    assert {(r["tp"], r["M"]) for r in clear} == {(tp, m) for tp in TP_VALUES for m in (1, 4, 64, 512, 1024)}
+
+
 @pytest.mark.parametrize("name", HISTORY_TABLES)
 def test_history_tables_have_a_header(name):
     lines = [line.split() for line in (HISTORY / name).read_text().splitlines()

@@ -281,3 +281,31 @@ def test_bad_input_names_the_argument(call, exc, name):
 
 
 # ---- the GPU tools behind the recorded files (run on the device machine) ------------------------------
+
+
+# ---- between_rows: the lookup between two table rows ------------------------------------------------------
+ROWS = [{"tp": tp, "M": m, "below": b, "above": a, "us_below": ub, "us_above": ua, "nearest": b, "nearest_log": a}
+        for tp in (1, 8) for m, b, a, ub, ua in ((3, 2, 4, 10.0, 9.0), (640, 512, 768, 20.0, 21.0))]
+
+
+def test_between_rows_draws_each_rule_per_tp():
+    fig = vp.between_rows(ROWS)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == ["TP = 1", "TP = 8"]
+    lines = axes[0].get_lines()
+    assert len(lines) == 2
+    # M = 3: the row below (difference rule) is 1/9 slower than the row above; M = 640: the ratio rule 5 % slower
+    assert list(lines[0].get_ydata()) == pytest.approx([100 / 9, 0.0])
+    assert list(lines[1].get_ydata()) == pytest.approx([0.0, 5.0])
+
+
+@pytest.mark.parametrize("rows,exc,match", [
+    ([], TypeError, "rows"),
+    ([{"tp": 1}], ValueError, "lacks"),
+    ([{**ROWS[0], "us_below": 0}], ValueError, "us_below"),
+    ([{**ROWS[0], "nearest": 5}], ValueError, "nearest"),
+    (["x"], TypeError, r"rows\[0\]"),
+])
+def test_between_rows_refuses_bad_rows(rows, exc, match):
+    with pytest.raises(exc, match=match):
+        vp.between_rows(rows)

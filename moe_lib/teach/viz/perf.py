@@ -13,6 +13,7 @@ with ``gpu`` and ``records`` of ``{"tp", "M", "us"}`` (vLLM's numbers, timed els
     time_above_floor       at one M: the floor and the time spent above it, per TP
     power_trace            the SM clock and power draw through a bench run, the large-M points shaded
     tile_shapes            BLOCK_SIZE_M / N / K against M: a default heuristic against a tuned table
+    between_rows           between two table rows: how much slower each lookup rule's pick was than the faster
 """
 
 from __future__ import annotations
@@ -600,7 +601,50 @@ def tile_shapes(default: Mapping[int, Mapping], tuned: Mapping[int, Mapping], *,
     return fig
 
 
+_ROW_KEYS = ("tp", "M", "below", "above", "us_below", "us_above")
+
+
+def between_rows(rows: Sequence[Mapping], rules: Mapping[str, str] | None = None) -> Figure:
+    """Off the grid of a tuned table: for each measured M (``tune --check-lookup`` rows: ``tp``, ``M``, the rows
+    ``below`` and ``above`` it and the layer's µs with each), how much slower than the faster of the two the row
+    each lookup rule picks is, per TP. ``rules``: the row keys holding each rule's pick -> its legend label."""
+    rules = {"nearest": "nearest M (difference)", "nearest_log": "nearest M (ratio)"} if rules is None else rules
+    if not isinstance(rules, Mapping) or not rules:
+        raise TypeError("rules must be a non-empty dict: row key of a rule's pick -> label")
+    if not isinstance(rows, Sequence) or isinstance(rows, str) or not rows:
+        raise TypeError("rows must be a non-empty list of dicts (tune --check-lookup rows)")
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise TypeError(f"rows[{i}] must be a dict, got {type(row).__name__}")
+        missing = [key for key in (*_ROW_KEYS, *rules) if key not in row]
+        if missing:
+            raise ValueError(f"rows[{i}] lacks {missing}")
+        for key in ("us_below", "us_above"):
+            if not is_number(row[key]) or not row[key] > 0:
+                raise ValueError(f"rows[{i}][{key!r}] must be a positive number of µs, got {row[key]!r}")
+        for key in rules:
+            if row[key] not in (row["below"], row["above"]):
+                raise ValueError(f"rows[{i}][{key!r}] must be its row below or above, got {row[key]!r}")
+    tps = sorted({row["tp"] for row in rows})
+    fig = Figure(figsize=(2.7 * len(tps) + 1.0, 3.2), layout="constrained")
+    axes = _panels(fig, len(tps), ncols=len(tps), sharey=True)
+    markers = ("o", "x", "s", "^")
+    for ax, tp in zip(axes, tps, strict=True):
+        mine = sorted((row for row in rows if row["tp"] == tp), key=lambda row: row["M"])
+        for (key, label), marker in zip(rules.items(), markers, strict=False):
+            slower = [100 * ((row["us_below"] if row[key] == row["below"] else row["us_above"])
+                             / min(row["us_below"], row["us_above"]) - 1) for row in mine]
+            ax.plot([row["M"] for row in mine], slower, marker=marker, linestyle="none", label=label,
+                    fillstyle="none" if marker == "o" else "full")
+        log_axes(ax, y_log=False)
+        ax.set(title=f"TP = {tp}", xlabel="tokens per call, M")
+    axes[0].set_ylabel("% slower than the faster row")
+    figure_legend(fig, axes, ncol=len(rules))
+    return fig
+
+
 __all__ = [
+    "between_rows",
     "ridge_tokens",
     "floor_vs_tokens",
     "roofline",

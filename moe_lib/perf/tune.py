@@ -214,11 +214,26 @@ def _compile_share(tp: int, ms: tuple[int, ...], fp8: str | None, share: int, jo
     return ran
 
 
+def worker_bytes(tp: int, ms, fp8: str | None = None) -> int:
+    """About the GPU memory one :func:`precompile` worker holds: its zero weights, the largest call's buffers (x,
+    the sorted copy, act, the output; top-2, E = 8, each row padded) and 1 GiB for the CUDA context."""
+    e, k, h, n = MIXTRAL["num_experts"], MIXTRAL["top_k"], MIXTRAL["hidden"], MIXTRAL["intermediate"] // tp
+    element = 2 if fp8 is None else 1
+    rows = max(ms) * k + e * 128
+    return 3 * e * n * h * element + 2 * (max(ms) * h + rows * (h + n) + max(ms) * h) + (1 << 30)
+
+
+def fit_jobs(jobs: int, free_bytes: int, per_worker: int) -> int:
+    """As many of ``jobs`` workers as fit in 80 % of the free GPU memory (at least one)."""
+    return max(1, min(jobs, int(0.8 * free_bytes) // per_worker))
+
+
 def precompile(tp: int, ms, fp8: str | None = None, jobs: int = 8) -> float:
-    """Compile every kernel the search of these points will time, in ``jobs`` processes at once: Triton compiles
-    on one CPU core per kernel, and a search runs hundreds of configs. The search then loads them from Triton's
-    cache. Returns the seconds it took."""
+    """Compile every kernel the search of these points will time, in ``jobs`` processes at once (fewer if the GPU's
+    free memory holds fewer workers): Triton compiles on one CPU core per kernel, and a search runs hundreds of
+    configs. The search then loads them from Triton's cache. Returns the seconds it took."""
     start = time.perf_counter()
+    jobs = fit_jobs(jobs, torch.cuda.mem_get_info()[0], worker_bytes(tp, ms, fp8))
     ctx = torch.multiprocessing.get_context("spawn")
     with ctx.Pool(jobs) as pool:
         pool.starmap(_compile_share, [(tp, tuple(ms), fp8, share, jobs) for share in range(jobs)])

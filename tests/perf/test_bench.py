@@ -72,3 +72,13 @@ def test_the_precompiled_configs_are_the_searched_ones():
         ups = {json.dumps(split_config(c)[0], sort_keys=True) for c in configs}
         assert ups >= {json.dumps({**c, **({"TMA": True} if tma else {})}, sort_keys=True)
                        for _, tma, cands, _ in searched for c in cands}
+
+
+def test_precompile_workers_fit_in_gpu_memory():
+    from moe_lib.perf import tune
+
+    tp1 = tune.worker_bytes(1, tune.TUNE_M)
+    assert 2.8e9 < tp1 < 5e9  # TP 1's bf16 weights (2.8 GB), buffers at M = 4096, the context
+    assert tune.worker_bytes(1, tune.TUNE_M, "block") < tp1 and tune.worker_bytes(8, (1,)) < tp1 / 2
+    assert tune.fit_jobs(12, 139 << 30, tp1) == 12
+    assert tune.fit_jobs(12, 20 << 30, tp1) == int(0.8 * (20 << 30)) // tp1 and tune.fit_jobs(12, 0, tp1) == 1

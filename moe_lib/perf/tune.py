@@ -28,6 +28,7 @@ import zlib
 from pathlib import Path
 
 import torch
+import triton
 
 from .. import runtime
 from ..kernels.configs import CONFIG_DIR, config_file_name, read_config_table
@@ -183,16 +184,13 @@ def _zero_weights(tp: int, fp8: str | None):
     """:func:`_tp_weights`' shapes, dtypes and strides, all zeros (scales ones): what a kernel compiles for, without
     the memory of quantizing (a dozen workers hold these at once)."""
     e, h, n = MIXTRAL["num_experts"], MIXTRAL["hidden"], MIXTRAL["intermediate"] // tp
-    dtype = torch.bfloat16 if fp8 is None else torch.uint8  # (e4m3 zeros are byte zeros)
-    w13, w2 = (torch.zeros(shape, device="cuda", dtype=dtype) for shape in ((e, 2 * n, h), (e, h, n)))
-    if fp8 is not None:
-        w13, w2 = w13.view(torch.float8_e4m3fn), w2.view(torch.float8_e4m3fn)
+    shapes = ((e, 2 * n, h), (e, h, n))
     if fp8 is None:
-        return w13, w2, None
-    block = FP8_BLOCKS[fp8]
-    s13, s2 = (torch.ones(e, device="cuda") if block is None else
-               torch.ones(e, -(-rows // block[0]), -(-cols // block[1]), device="cuda")
-               for rows, cols in ((2 * n, h), (h, n)))
+        return *(torch.zeros(shape, device="cuda", dtype=torch.bfloat16) for shape in shapes), None
+    w13, w2 = (torch.zeros(shape, device="cuda", dtype=torch.uint8).view(torch.float8_e4m3fn) for shape in shapes)
+    block = FP8_BLOCKS[fp8]  # e4m3 zeros are byte zeros; scales (E,) per tensor, (E, rows/bn, cols/bk) per block
+    s13, s2 = (torch.ones(e if block is None else (e, triton.cdiv(rows, block[0]), triton.cdiv(cols, block[1])),
+                          device="cuda") for _, rows, cols in shapes)
     return w13, w2, (Fp8(fp8, block), {"w1_scale": s13, "w2_scale": s2})
 
 
@@ -231,13 +229,13 @@ def fit_jobs(jobs: int, free_bytes: int, per_worker: int) -> int:
 def precompile(tp: int, ms, fp8: str | None = None, jobs: int = 8) -> float:
     """Compile every kernel the search of these points will time, in ``jobs`` processes at once (fewer if the GPU's
     free memory holds fewer workers): Triton compiles on one CPU core per kernel, and a search runs hundreds of
-    configs. The search then loads them from Triton's cache. Returns the seconds it took."""
+    configs. The search then loads them from Triton's cache. Returns (seconds it took, workers it ran)."""
     start = time.perf_counter()
     jobs = fit_jobs(jobs, torch.cuda.mem_get_info()[0], worker_bytes(tp, ms, fp8))
     ctx = torch.multiprocessing.get_context("spawn")
     with ctx.Pool(jobs) as pool:
         pool.starmap(_compile_share, [(tp, tuple(ms), fp8, share, jobs) for share in range(jobs)])
-    return time.perf_counter() - start
+    return time.perf_counter() - start, jobs
 
 
 def _write_table(path, table: dict) -> None:
@@ -257,9 +255,9 @@ def tune(tps=(1, 2, 4, 8), ms=TUNE_M, verbose=True, fp8: str | None = None, jobs
     written = {}
     for tp in tps:
         if jobs:
-            seconds = precompile(tp, ms, fp8, jobs)
+            seconds, workers = precompile(tp, ms, fp8, jobs)
             if verbose:
-                print(f"tp={tp}: kernels compiled in {jobs} processes in {seconds:.0f} s", flush=True)
+                print(f"tp={tp}: kernels compiled in {workers} processes in {seconds:.0f} s", flush=True)
         w13, w2, quant = _tp_weights(tp, gen, fp8)
         n = w2.shape[2]
         path = CONFIG_DIR / config_file_name(e, n, name, None if fp8 is None else "fp8_w8a8",

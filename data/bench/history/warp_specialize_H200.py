@@ -39,4 +39,4 @@ for tp, m in ((1, 4096), (8, 4096), (1, 1024), (8, 1024), (4, 1024), (2, 2048)):
         experts.invoke_fused_moe_kernel = real
         rows.append(row); print(row, flush=True)
     del bound; torch.cuda.empty_cache()
-json.dump(rows, open(f"{OUT}/ws.json", "w"), indent=1)
+json.dump({"gpu": torch.cuda.get_device_name(), "rows": rows}, open(f"{OUT}/ws.json", "w"), indent=1)

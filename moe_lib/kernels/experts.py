@@ -274,7 +274,10 @@ def _make_plan(num_tokens, hidden, inter, top_k, num_experts, num_local, dtype, 
     row_bytes_ok = all(n * torch.finfo(dtype).bits // 8 % 16 == 0 for n in (hidden, inter))
     tma = (config.get("TMA", False) and (target.interpret or target.hopper) and descriptors_ok and row_bytes_ok
            and fp8 is None)
-    use_pdl = (rows <= runtime.PDL_MAX_ROWS and target.hopper) if pdl is None else (pdl and target.hopper)
+    # FP8 calls launch without PDL: measured on the H200 (data/bench/history/fp8_decode_H200/), one token with PDL
+    # took 215 vs 123 us (TP 1) and 44.9 vs 32.7 us (TP 8) per 128x128 block, 124 vs 109 / 27.1 vs 25.1 per
+    # tensor. The loss comes with the quantizing kernels: PDL on the GEMMs alone was within 1 us of none.
+    use_pdl = ((rows <= runtime.PDL_MAX_ROWS and fp8 is None) if pdl is None else pdl) and target.hopper
     def quant(c):  # the FP8 fields of a GemmStep (a promotion interval is at most one K tile)
         if fp8 is None:
             return {}
@@ -347,7 +350,7 @@ def make_plan(
         split_tail, fuse_k_sum, clear_in_gemm1: allow a split last wave / the sum over k inside GEMM2 / GEMM1
             clearing the output that sum adds into (on by default, the last for calls of at most
             ``CLEAR_IN_GEMM1_MAX_ROWS`` rows; off only to measure or teach what they buy — none changes the result).
-        pdl: programmatic dependent launch; None: for calls of at most ``runtime.PDL_MAX_ROWS`` rows.
+        pdl: programmatic dependent launch; None: for calls of at most ``runtime.PDL_MAX_ROWS`` rows (not FP8).
         fp8: the FP8 w8a8 scheme (:class:`Fp8`); None: dtype throughout.
     """
     if fp8 is not None and fp8.accumulate is None:

@@ -146,7 +146,7 @@ def quantize_kernel(
     GROUP: tl.constexpr,  # columns per program (a power of two; SCALE_MODE 1: the group size)
     ROUND_IN_FP32: tl.constexpr,  # the interpreter casts fp32 -> fp8 wrongly: round on the grid first
     BLOCK_M: tl.constexpr,
-    PARTIAL_BLOCK: tl.constexpr = 1024,  # SCALE_MODE 2: maxima read at a time
+    PARTIAL_BLOCK: tl.constexpr = 1024,  # SCALE_MODE 2: maxima read at a time (ABSMAX_PARTIALS)
     USE_PDL: tl.constexpr = False,  # programmatic dependent launch (see runtime.pdl)
 ):
     pdl_start(USE_PDL)
@@ -187,21 +187,25 @@ def quantize_kernel(
 
 @triton.jit
 def absmax_kernel(
-    x_ptr, partial_ptr,  # x (M, K); partial (programs,) fp32: each program's largest |x|
+    x_ptr, partial_ptr,  # x (M, K); partial (row blocks, column splits) fp32: each program's largest |x|
     M, K, stride_xm, stride_xk,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
     USE_PDL: tl.constexpr = False,
 ):
+    # Program (pid_m, pid_s) of a (row blocks, splits) grid reads column tiles pid_s, pid_s + splits, ... of its
+    # rows: a few rows of a wide tensor (act at small M) are split over many programs, not looped over in one.
     pdl_start(USE_PDL)
-    pid = tl.program_id(axis=0)
-    offs_m = (pid * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    pid_m = tl.program_id(axis=0)
+    pid_s = tl.program_id(axis=1)
+    splits = tl.num_programs(axis=1)
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     amax = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
+    for k in range(pid_s, tl.cdiv(K, BLOCK_K), splits):
         offs_k = k * BLOCK_K + tl.arange(0, BLOCK_K)
         mask = (offs_m[:, None] < M) & (offs_k[None, :] < K)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk, mask=mask, other=0.0)
         amax = tl.maximum(amax, tl.max(tl.abs(x.to(tl.float32)), axis=1))
-    tl.store(partial_ptr + pid, tl.max(amax, axis=0))
+    tl.store(partial_ptr + pid_m * splits + pid_s, tl.max(amax, axis=0))
 
 
 def _block_rows(width: int) -> int:
@@ -212,6 +216,8 @@ def _block_rows(width: int) -> int:
 #: A dynamic per-tensor scale is computed by the quantizing program itself when one program holds the whole
 #: tensor (decode: one launch instead of two); past this many values, absmax_kernel runs first.
 ONE_PROGRAM_VALUES = 16384
+#: absmax_kernel writes at most this many maxima (or one per row block), which quantize_kernel reads in one step.
+ABSMAX_PARTIALS = 1024
 
 
 def quantize_activation(x: torch.Tensor, group: int | None = None, *, per_token: bool = False,
@@ -246,12 +252,15 @@ def quantize_activation(x: torch.Tensor, group: int | None = None, *, per_token:
             width, block_m = triton.next_power_of_2(max(k, 1)), triton.next_power_of_2(max(m, 1))
         else:  # the largest |x| per program first; the quantizing programs reduce those maxima
             mode = 2
-            block_k = width
-            partial = empty(triton.cdiv(m, block_m), dtype=torch.float32, device=x.device)
+            # Split the columns while the maxima stay within one read of the quantizing programs. Measured on
+            # the H200 (TP 1, act of 14336 columns, M = 1 to 64): 8.3-10.3 us looped in one program, 3.7-5.4 split.
+            row_blocks = triton.cdiv(m, block_m)
+            splits = max(1, min(triton.cdiv(k, width), ABSMAX_PARTIALS // row_blocks))
+            partial = empty(row_blocks, splits, dtype=torch.float32, device=x.device)
             with runtime.quiet_interpreter():
-                absmax_kernel[(partial.numel(),)](x, partial, m, k, x.stride(0), x.stride(1),
-                                                  BLOCK_M=block_m, BLOCK_K=block_k, USE_PDL=use_pdl,
-                                                  launch_pdl=use_pdl)
+                absmax_kernel[(row_blocks, splits)](x, partial, m, k, x.stride(0), x.stride(1),
+                                                    BLOCK_M=block_m, BLOCK_K=width, USE_PDL=use_pdl,
+                                                    launch_pdl=use_pdl)
         if m == 0:  # nothing to scale: the smallest scale, as for an all-zero tensor
             out_scale.fill_(MIN_SCALE)
     if m:

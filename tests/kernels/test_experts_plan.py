@@ -13,7 +13,7 @@ import torch
 
 from moe_lib import runtime
 from moe_lib.kernels.configs import load_config_table, nearest_row, split_config
-from moe_lib.kernels.experts import STEPS, make_plan
+from moe_lib.kernels.experts import STEPS, Fp8, make_plan
 from moe_lib.runtime import Target
 
 H200 = Target(interpret=False, name="NVIDIA H200", num_sms=132, capability=(9, 0))
@@ -56,6 +56,9 @@ def test_decode_one_token():
     assert plan.buffers == {"act": (2, 1792)}
     assert not mixtral(1, pdl=False).pdl and not mixtral(1, target=A100).pdl
     assert mixtral(1, has_expert_map=True).layout == "align"  # global ids must be mapped: the kernel does it
+    # FP8 launches without PDL unless asked (it lost on the H200 at one token, per tensor and per block)
+    for fp8 in (Fp8("tensor"), Fp8("block", (128, 128))):
+        assert not mixtral(1, fp8=fp8).pdl and mixtral(1, fp8=fp8, pdl=True).pdl
 
 
 def test_prefill_large_m_takes_the_sorted_tma_layout_and_splits_a_sparse_last_wave():
@@ -166,8 +169,6 @@ def test_fp8_quantizes_before_each_gemm_through_pointers_with_promoted_sums():
 
 
 def test_fp8_block_tiles_never_straddle_a_scale_block():
-    from moe_lib.kernels.experts import Fp8
-
     config = dict(BLOCK_SIZE_M=64, BLOCK_SIZE_N=64, BLOCK_SIZE_K=256, GROUP_SIZE_M=1, num_warps=4, num_stages=3)
     plan = mixtral(300, config=config, fp8=Fp8("block", (128, 64)))
     assert plan.gemm1.config["BLOCK_SIZE_K"] == plan.gemm2.config["BLOCK_SIZE_K"] == 64
@@ -175,8 +176,6 @@ def test_fp8_block_tiles_never_straddle_a_scale_block():
 
 
 def test_fp8_zeroes_act_only_where_a_per_tensor_scale_could_read_unwritten_rows():
-    from moe_lib.kernels.experts import Fp8
-
     assert mixtral(64, ids_checked=False, fp8=Fp8("tensor")).zeroed == ("act",)
     assert mixtral(64, ids_checked=True, fp8=Fp8("tensor")).zeroed == ()
     assert mixtral(64, ids_checked=False, fp8=Fp8("tensor", static_a2=True)).zeroed == ()
@@ -185,8 +184,6 @@ def test_fp8_zeroes_act_only_where_a_per_tensor_scale_could_read_unwritten_rows(
 
 def test_fp8_takes_its_own_table_then_the_per_tensor_one_then_the_bf16_tiles(tmp_path):
     from moe_lib.kernels.configs import config_file_name, default_config
-    from moe_lib.kernels.experts import Fp8
-
     gpu = Target(interpret=False, name="TEST GPU", num_sms=132, capability=(9, 0))  # no shipped tables
 
     def table(stages, k=256):

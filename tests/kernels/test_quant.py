@@ -64,6 +64,21 @@ def test_dynamic_per_tensor_scale_in_one_launch_or_two(one_program, gen, device,
     assert torch.equal(bits(q), bits(q_ref)) and torch.equal(s, s_ref)
 
 
+@pytest.mark.parametrize("partials", [1024, 2, 1])
+def test_absmax_splits_wide_rows_over_programs(partials, gen, device, monkeypatch):
+    # A few wide rows (act at small M) have their columns split over programs; with fewer maxima allowed
+    # than column tiles, a program loops over every splits-th tile. Same bits whichever way it is cut.
+    from moe_lib.kernels import quant
+
+    monkeypatch.setattr(quant, "ONE_PROGRAM_VALUES", 1)
+    monkeypatch.setattr(quant, "ABSMAX_PARTIALS", partials)
+    x = torch.randn(3, 9000, generator=gen).to(device)  # 3 column tiles in the interpreter, 9 on a GPU
+    x[1, 8999] = 40.0  # the largest |x| sits in the last, partial tile
+    q, s = quantize_activation(x)
+    q_ref, s_ref = quantize_activation_torch(x)
+    assert torch.equal(bits(q), bits(q_ref)) and torch.equal(s, s_ref)
+
+
 def test_zero_and_empty_inputs(device):
     q, s = quantize_activation(torch.zeros(3, 40, device=device))
     assert (q.float() == 0).all() and s.item() > 0  # a finite positive scale

@@ -611,17 +611,49 @@ for tp in (1, 2, 4, 8):
               f"{us[(tp, m, 'vllm_fp8_per_tensor')] / fp8:>11.2f}x {fl / fp8:>9.0%}")
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
-# Per tensor, FP8 is faster than bf16 at every point, 1.16–1.72× — short of the 2× that half the bytes
-# promise. The notes and the next slide give the measured reasons.
+# Per tensor, FP8 is faster than bf16 at every point, 1.16–1.87× — short of the 2× that half the bytes
+# promise. The notes and the next slides give the measured reasons.
 
 # %% [markdown] slideshow={"slide_type": "notes"}
-# Read the table by columns. Decode ($M \le 64$) gains 1.3–1.7×: the weights stream at half the bytes, but the
-# two activation quantizations are extra launches, which weigh most at TP 8 where each GEMM is short (41–52 % of
-# the FP8 floor there). Against vLLM's FP8 per-tensor path ("vs vLLM fp8" above 1 means faster) this layer
-# leads at $M = 1$ and at small $M$ on TP 4 and 8, trails by 2–7 % at $M = 16$–64 elsewhere and by 8–28 % from
-# $M = 256$ up — the reason is on the next slide. Block-wise is only as good as its tuned table: at the time of
-# this run only TP 8 had one, and the other TP sizes ran per-tensor tiles cut to $K = 128$ (slow at large $M$:
-# `data/bench/history/fp8_block_retune_H200.json` has TP 2 and 4 re-measured after tuning, 2.2× faster).
+# Read the table by columns. Decode ($M \le 64$) gains 1.2–1.9×: the weights stream at half the bytes, but the
+# two activation quantizations are extra launches, which weigh most at TP 8 where each GEMM is short. Against
+# vLLM's FP8 per-tensor path ("vs vLLM fp8" above 1 means faster) this layer leads at every $M \le 64$ point
+# but TP 1, $M = 4$ (whose draws touched 6 experts here) and trails by 4–25 % from $M = 256$ up — the reason is
+# two slides on. Block-wise, tuned at every TP size for this run, leads vLLM's block path at 16 of 28 points and
+# trails by 1–9 % mostly from $M = 1024$ up.
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Two decode deltas, measured
+#
+# The record before this one ran a token with programmatic dependent launch, as bf16 does: the block layer took
+# 216 µs at TP 1 where its steps alone summed to 123. Timed with and without, PDL costs FP8 up to 90 µs, so FP8
+# plans launch without it. And the per-tensor scale of `act` was one program looping over 14336 columns; split
+# over column tiles it takes half the time.
+
+# %% slideshow={"slide_type": "-"}
+from moe_lib.kernels.experts import Fp8, make_plan
+
+ab = json.loads((BENCH / "history" / "fp8_decode_H200" / "ab.json").read_text())
+print(f"{ab['gpu']}, µs per layer call, one token:  PDL on -> off (PDL on the GEMMs only)")
+for r in (r for r in ab["rows"] if r["M"] == 1):
+    print(f"  TP {r['tp']} {r['scheme']:>6}: {r['pdl_on']:6.1f} -> {r['new']:6.1f} ({r['pdl_gemms_only']:.1f})")
+print("per-tensor scale of act (quant2 alone) and the layer, TP 1: looped -> split")
+for r in (r for r in ab["rows"] if r["scheme"] == "tensor" and r["tp"] == 1 and r["M"] <= 256):
+    print(f"  M {r['M']:>4}: {r['quant2_old_absmax']:4.1f} -> {r['quant2_new']:4.1f} µs; "
+          f"layer {r['old_absmax']:6.1f} -> {r['new']:6.1f} µs")
+h200 = runtime.Target(interpret=False, name="NVIDIA H200", num_sms=132, capability=(9, 0))
+pdl = {name: make_plan(1, 4096, 1792, 2, 8, dtype=torch.bfloat16, target=h200, fp8=fp8).pdl
+       for name, fp8 in (("bf16", None), ("fp8", Fp8("tensor")), ("block", Fp8("block", (128, 128))))}
+print(f"{'PASS' if pdl == {'bf16': True, 'fp8': False, 'block': False} else 'FAIL'}: one token on an H200 "
+      f"plans PDL for {[k for k, v in pdl.items() if v]} only")
+
+# %% [markdown] slideshow={"slide_type": "notes"}
+# With PDL each kernel lets the next one launch at its own start, and the next waits on the GPU instead of in
+# the launch queue. For bf16's two GEMMs that hides a launch; with FP8's quantizing kernels between them it
+# cost far more than it hid. Launching only the GEMMs with PDL was within 1 µs of no PDL at all (faster at one
+# token, slower at two) — not worth a second switch. The old scale kernel ran one program per few rows, each
+# looping over all 14336 columns: 14 dependent loads in a row. `absmax_kernel` now spreads a row's column tiles
+# over programs, at most `ABSMAX_PARTIALS` maxima in all, so the quantizing programs still read them in one step.
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # ### The price of an accurate sum
@@ -755,3 +787,5 @@ check_fp8_matmul_epilogue(fp8_matmul_kernel)
 #   quantization it is off by a few percent, mostly from the activations.
 # * One byte per weight halves the decode floor; the FP8 tensor cores shorten the prefill floor by about 1.8×
 #   on the H200 (sustained), so the ridge moves to slightly smaller batches.
+# * A decode trick is not portable between precisions: PDL, which saves bf16 a launch, cost FP8 up to 90 µs a
+#   token and is off there; measuring the whole call, not its steps alone, found it.

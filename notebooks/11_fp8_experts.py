@@ -618,9 +618,9 @@ for tp in (1, 2, 4, 8):
 # Read the table by columns. Decode ($M \le 64$) gains 1.2–1.9×: the weights stream at half the bytes, but the
 # two activation quantizations are extra launches, which weigh most at TP 8 where each GEMM is short. Against
 # vLLM's FP8 per-tensor path ("vs vLLM fp8" above 1 means faster) this layer leads at every $M \le 64$ point
-# but TP 1, $M = 4$ (whose draws touched 6 experts here) and trails by 4–25 % from $M = 256$ up — the reason is
-# two slides on. Block-wise, tuned at every TP size for this run, leads vLLM's block path at 16 of 28 points and
-# trails by 1–9 % mostly from $M = 1024$ up.
+# but TP 1, $M = 4$ (whose draws touched 6 experts here) and trails by 4–33 % from $M = 256$ up (TP 8, $M = 256$
+# aside) — the reason is two slides on. Block-wise, tuned at every TP size for this run, leads vLLM's block path
+# at 16 of 28 points and trails by 1–10 % mostly from $M = 1024$ up (17 % at TP 1, $M = 4$: the same draw).
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Two decode deltas, measured

@@ -37,6 +37,16 @@ def test_h200_config_is_the_tuned_row_for_the_nearest_m(tp, m):
     assert plan.gemm1.n == 14336 // tp and plan.gemm2.n == 4096
 
 
+@pytest.mark.parametrize("tp", [1, 2, 4, 8])
+@pytest.mark.parametrize("scheme", [Fp8("tensor"), Fp8("block", (128, 128))])
+def test_h200_fp8_plans_take_their_own_tables(tp, scheme):
+    # Every TP size ships a per-tensor and a 128 x 128 block FP8 table for the H200; a plan takes its own.
+    table = load_config_table(8, 14336 // tp, "NVIDIA H200", dtype="fp8_w8a8", block_shape=scheme.block_shape)
+    assert table is not None
+    for m in (1, 3, 64, 300, 4096):
+        assert mixtral(m, tp, fp8=scheme).config == nearest_row(table, m)
+
+
 def test_unknown_gpu_and_interpreter_take_the_heuristics():
     assert mixtral(64, target=A100).config["BLOCK_SIZE_M"] == 32  # vLLM's bf16 default at M = 64
     assert mixtral(4096, target=A100).config["TMA"] is True  # asked for, but an A100 has no descriptors:

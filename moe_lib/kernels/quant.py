@@ -146,7 +146,7 @@ def quantize_kernel(
     GROUP: tl.constexpr,  # columns per program (a power of two; SCALE_MODE 1: the group size)
     ROUND_IN_FP32: tl.constexpr,  # the interpreter casts fp32 -> fp8 wrongly: round on the grid first
     BLOCK_M: tl.constexpr,
-    PARTIAL_BLOCK: tl.constexpr = 1024,  # SCALE_MODE 2: maxima read at a time (ABSMAX_PARTIALS)
+    PARTIAL_BLOCK: tl.constexpr,  # SCALE_MODE 2: maxima read at a time (ABSMAX_PARTIALS)
     USE_PDL: tl.constexpr = False,  # programmatic dependent launch (see runtime.pdl)
 ):
     pdl_start(USE_PDL)
@@ -228,7 +228,7 @@ def quantize_activation(x: torch.Tensor, group: int | None = None, *, per_token:
     ``use_pdl``: programmatic dependent launch (a plan's decision, :mod:`moe_lib.kernels.experts`)."""
     m, k = x.shape
     q = empty(m, k, dtype=FP8_DTYPE, device=x.device)
-    args = dict(ROUND_IN_FP32=runtime.INTERPRET, USE_PDL=use_pdl, launch_pdl=use_pdl)
+    args = dict(ROUND_IN_FP32=runtime.INTERPRET, USE_PDL=use_pdl, launch_pdl=use_pdl, PARTIAL_BLOCK=ABSMAX_PARTIALS)
     if scale is None and (group is not None or per_token):
         width = triton.next_power_of_2(k) if group is None else group
         groups = 1 if group is None else triton.cdiv(k, group)

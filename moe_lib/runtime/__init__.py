@@ -52,6 +52,7 @@ import triton.language as tl  # noqa: E402
 #: Programmatic dependent launch is used by default for calls of at most this many (token, slot) rows: one
 #: token of top-2, the decode step. Measured on an H100 it saved 1-4 % of a one-token layer call at every TP
 #: size; at 2 to 1024 tokens it won at some TP sizes and lost up to 5 % at others (data/bench/history/README.md).
+#: A fused-experts plan in FP8 launches without it (measured there: moe_lib.kernels.experts._make_plan).
 PDL_MAX_ROWS: int = 2
 
 

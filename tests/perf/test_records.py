@@ -19,9 +19,11 @@ DATA = ROOT / "data" / "bench"
 HISTORY = DATA / "history"
 #: The whole-layer runs of history/ that notebook 07 compares, before and after each production change.
 HISTORY_RUNS = ("default_configs_NVIDIA_H200", "before_tma_NVIDIA_H200", "before_ksum_NVIDIA_H200",
-                "before_tma_NVIDIA_H100_80GB_HBM3", "before_ksum_NVIDIA_H100_80GB_HBM3", "NVIDIA_H100_80GB_HBM3")
+                "before_tma_NVIDIA_H100_80GB_HBM3", "before_ksum_NVIDIA_H100_80GB_HBM3", "NVIDIA_H100_80GB_HBM3",
+                "before_fine_tables_NVIDIA_H200")
 #: The printed tables of history/ that notebook 07 parses (bench --breakdown, and a repeat of bench).
-HISTORY_TABLES = ("before_ksum_breakdown_H100.txt", "breakdown_H100.txt", "repeat_NVIDIA_H100_80GB_HBM3.txt")
+HISTORY_TABLES = ("before_ksum_breakdown_H100.txt", "breakdown_H100.txt", "repeat_NVIDIA_H100_80GB_HBM3.txt",
+                  "breakdown_H200.txt")
 
 pytestmark = pytest.mark.usefixtures("no_pyplot_figures")
 
@@ -86,6 +88,16 @@ def test_the_lookup_and_clear_measurements_draw():
     vp.between_rows(_load(HISTORY / "lookup_H200.json")["rows"])
     clear = _load(HISTORY / "clear_in_gemm1_H200.json")["repeat_retuned_tables"]
     assert {(r["tp"], r["M"]) for r in clear} == {(tp, m) for tp in TP_VALUES for m in (1, 4, 64, 512, 1024)}
+
+
+def test_the_fp8_decode_measurement_has_what_notebook_11_reads():
+    ab = _load(HISTORY / "fp8_decode_H200" / "ab.json")
+    assert ab["gpu"] == "NVIDIA H200"
+    variants = {"pdl_on", "new", "pdl_gemms_only"}
+    one_token = {(r["tp"], r["scheme"]) for r in ab["rows"] if r["M"] == 1 and variants <= set(r)}
+    assert one_token == {(tp, s) for tp in (1, 8) for s in ("tensor", "block")}
+    keys = {"quant2_old_absmax", "quant2_new", "old_absmax", "new"}
+    assert all(keys <= set(r) for r in ab["rows"] if r["scheme"] == "tensor")
 
 
 @pytest.mark.parametrize("name", HISTORY_TABLES)

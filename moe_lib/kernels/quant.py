@@ -247,7 +247,7 @@ def quantize_activation(x: torch.Tensor, group: int | None = None, *, per_token:
     else:
         out_scale = empty(1, dtype=torch.float32, device=x.device)
         whole = triton.next_power_of_2(max(m, 1)) * triton.next_power_of_2(max(k, 1))
-        if whole <= ONE_PROGRAM_VALUES * (256 if runtime.INTERPRET else 1):  # big programs in the interpreter
+        if m == 0 or whole <= ONE_PROGRAM_VALUES * (256 if runtime.INTERPRET else 1):  # (big in the interpreter)
             mode, partial = 3, out_scale
             width, block_m = triton.next_power_of_2(max(k, 1)), triton.next_power_of_2(max(m, 1))
         else:  # the largest |x| per program first; the quantizing programs reduce those maxima

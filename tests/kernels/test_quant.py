@@ -64,6 +64,15 @@ def test_dynamic_per_tensor_scale_in_one_launch_or_two(one_program, gen, device,
     assert torch.equal(bits(q), bits(q_ref)) and torch.equal(s, s_ref)
 
 
+def test_no_rows_of_a_wide_tensor_get_the_smallest_scale(device, monkeypatch):
+    # M = 0 where the maxima would otherwise be split over (zero) row blocks: no kernel, the smallest scale.
+    from moe_lib.kernels import quant
+
+    monkeypatch.setattr(quant, "ONE_PROGRAM_VALUES", 1)
+    q, s = quantize_activation(torch.empty(0, 300, device=device))
+    assert q.shape == (0, 300) and q.dtype == quant.FP8_DTYPE and s.item() == torch.tensor(quant.MIN_SCALE).item()
+
+
 @pytest.mark.parametrize("partials", [1024, 2, 1])
 def test_absmax_splits_wide_rows_over_programs(partials, gen, device, monkeypatch):
     # A few wide rows (act at small M) have their columns split over programs; with fewer maxima allowed

@@ -72,11 +72,13 @@ K_SUMS = ("direct", "atomic", "pass")
 #: (past that it gained under 2 %; the bench runs before and after it are in data/bench/history/).
 SPLIT_TAIL_MAX_WAVES = 24
 #: FP8 on Hopper: the tensor core sums e4m3 products in a short accumulator; Triton's default (None) lets it run
-#: over a whole K loop. Measured on the H200 (data/bench/history/fp8_accumulate_H200/): against the fp64 layer
-#: with the activation quantizations emulated, None is off by 1.5-2.6e-2 at M >= 300 (K = 4096 and 14336), an
-#: fp32 add after every 128 products by 3.8-4.7e-3 and after every 32 by 3.4-4.4e-3 — at M <= 33 (no
-#: wgmma) all three give 2.4-2.6e-3. 128 (one K tile) it is; the bench's ``--fp8-accumulate`` measures others.
-FP8_ACCUMULATE: int | None = 128
+#: over the whole K loop, as vLLM does. Measured on the H200: against the fp64 layer with the activation
+#: quantizations emulated, whole-K sums are off by 1.2-2.6e-2 at M >= 300 (an fp32 add after every 128 products:
+#: 3.8-4.7e-3; data/bench/history/fp8_accumulate_H200/) — but against the exact bf16 layer both are 6.6e-2 (what
+#: e4m3 itself costs), and with the best tiles tried for each the fp32 adds take 14-25 % longer at M = 1024-4096
+#: (data/bench/history/fp8_large_m_H200/tiles.json). So None, vLLM's arithmetic; 128 (one K tile) is the accurate
+#: sum the tight GPU tests pin and the bench's ``--fp8-accumulate 128`` measures.
+FP8_ACCUMULATE: int | None = None
 #: GEMM1 clears the output GEMM2 adds into, instead of a clear launch of its own, for calls of at most this many
 #: (token, slot) rows. Measured on the H200 (data/bench/history/clear_in_gemm1_H200.json): 1-2 µs less per call
 #: at M = 2 to 256 at every TP size (a launch saved); at M = 1024 GEMM1 grew by more than the 3.5 µs clear.

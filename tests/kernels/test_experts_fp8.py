@@ -65,16 +65,28 @@ def kw_ref(kw):
     return {k: v for k, v in kw.items() if k != "use_fp8_w8a8"}
 
 
+#: The default FP8 sums (the tensor core's own over the whole K loop, as vLLM's) against the emulated reference at
+#: Mixtral's shapes: measured 1.2-2.6e-2 from M = 300 on the H200 (data/bench/history/fp8_accumulate_H200/,
+#: fp8_fused_quant_H200/promotion.json), still well inside what e4m3 itself costs (6.6e-2).
+WHOLE_K_TOLERANCE = 4e-2
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("mode,block", [("tensor", None), ("channel", None), ("block", [128, 128])])
 @pytest.mark.parametrize("M", [1, 33, 300, 2048])
-def test_fp8_half_precision_activations_on_the_gpu(M, mode, block, dtype, gen, device, poison):
-    # Mixtral's TP8 expert shapes, both GEMMs over the long K (4096 and 1792)
+def test_fp8_half_precision_activations_on_the_gpu(M, mode, block, dtype, gen, device, poison, monkeypatch):
+    # Mixtral's TP8 expert shapes, both GEMMs over the long K (4096 and 1792). With an fp32 add after every
+    # 128 products the kernels meet the tight tolerance; with the default whole-K sums, their own.
+    from moe_lib.kernels import experts
+
     x, _, (q13, q2), w, ids, _, kw = quantized_problem(M, 8, 4096, 1792, 2, mode, block, gen, device, dtype)
-    out = fused_experts(x, q13, q2, w, ids, **kw)
     ref = moe_reference_fp8(x, q13, q2, w, ids, **kw_ref(kw))
-    assert_close(out, ref, tol=fp8_tolerance(dtype, device), what=f"{mode} M={M} {dtype}")
+    default = fused_experts(x, q13, q2, w, ids, **kw)
+    assert_close(default, ref, tol=WHOLE_K_TOLERANCE, what=f"{mode} M={M} {dtype}, whole-K sums")
+    monkeypatch.setattr(experts, "FP8_ACCUMULATE", 128)
+    out = fused_experts(x, q13, q2, w, ids, **kw)
+    assert_close(out, ref, tol=fp8_tolerance(dtype, device), what=f"{mode} M={M} {dtype}, promoted sums")
 
 
 def test_fp8_unchecked_out_of_range_ids_are_dropped(gen, device, poison):

@@ -164,16 +164,24 @@ def test_a_config_too_big_for_shared_memory_loses_stages_not_the_launch():
 
 
 # ---- FP8 w8a8 ------------------------------------------------------------------------------------------
-def test_fp8_quantizes_before_each_gemm_through_pointers_with_promoted_sums():
-    from moe_lib.kernels.experts import FP8_ACCUMULATE, Fp8
+def test_fp8_quantizes_before_each_gemm_through_pointers(monkeypatch):
+    from moe_lib.kernels import experts
+    from moe_lib.kernels.experts import Fp8
 
     plan = mixtral(4096, tp=1, fp8=Fp8("tensor"))
     assert plan.steps == ("clear", "align", "quant1", "gemm1", "quant2", "gemm2")
     assert not plan.tma and "gather" not in plan.steps  # the scales are indexed by token, not sorted position
     assert plan.gemm1.scales == plan.gemm2.scales == 1
-    for g in (plan.gemm1, plan.gemm2):  # a promotion interval never exceeds one K tile
-        assert g.fp8_acc == min(FP8_ACCUMULATE, g.config["BLOCK_SIZE_K"])
+    # vLLM's sums by default (the tensor core's own over the whole K loop); a promotion interval, when asked
+    # for, never exceeds one K tile
+    assert experts.FP8_ACCUMULATE is None and plan.gemm1.fp8_acc is plan.gemm2.fp8_acc is None
     assert "FP8      : e4m3 weights, tensor-wise scales, a1 dynamic, a2 dynamic" in plan.describe()
+    assert "fp32 add" not in plan.describe()
+    monkeypatch.setattr(experts, "FP8_ACCUMULATE", 512)
+    promoted = mixtral(4096, tp=1, fp8=Fp8("tensor"))
+    assert [g.fp8_acc for g in (promoted.gemm1, promoted.gemm2)] == [
+        min(512, g.config["BLOCK_SIZE_K"]) for g in (promoted.gemm1, promoted.gemm2)]
+    assert "fp32 add every 512 products" in promoted.describe()
     decode = mixtral(1, fp8=Fp8("channel", static_a1=True))
     assert decode.steps == ("quant1", "gemm1", "quant2", "gemm2") and decode.gemm1.scales == 2
 

@@ -100,6 +100,18 @@ def test_the_fp8_decode_measurement_has_what_notebook_11_reads():
     assert all(keys <= set(r) for r in ab["rows"] if r["scheme"] == "tensor")
 
 
+def test_the_fp8_large_m_and_fused_quant_measurements_have_what_notebook_11_reads():
+    tiles = _load(HISTORY / "fp8_large_m_H200" / "tiles.json")
+    assert tiles["gpu"] == "NVIDIA H200"
+    for row in tiles["rows"]:  # a time for each sum, with and without the fp32 adds, on every point
+        for acc in (128, 0):
+            assert any(k.endswith(f"_acc{acc}") and isinstance(v, float) for k, v in row.items()), (row["tp"], acc)
+    log = (HISTORY / "fp8_fused_quant_H200" / "ab_log.txt").read_text().splitlines()
+    rows = [line for line in log if line.startswith("{")]
+    assert len(rows) >= 8 and all("'separate'" in line and "'fused'" in line for line in rows)
+    assert _load(DATA / "fp8_NVIDIA_H200.json")["fp8_accumulate"] is None  # the record ran the default sums
+
+
 @pytest.mark.parametrize("name", HISTORY_TABLES)
 def test_history_tables_have_a_header(name):
     lines = [line.split() for line in (HISTORY / name).read_text().splitlines()

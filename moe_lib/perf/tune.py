@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import itertools
 import json
-import math
 import time
 import zlib
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 import triton
 
 from .. import runtime
-from ..kernels.configs import CONFIG_DIR, config_file_name, read_config_table
+from ..kernels.configs import CONFIG_DIR, config_file_name, nearest_row, read_config_table
 from ..kernels.experts import Fp8, plan_call
 from ..kernels.routing import topk_softmax_triton
 from .bench import MIXTRAL, fp8_weights, make_weights
@@ -230,7 +229,7 @@ def fit_jobs(jobs: int, free_bytes: int, per_worker: int) -> int:
     return max(1, min(jobs, int(0.8 * free_bytes) // per_worker))
 
 
-def precompile(tp: int, ms, fp8: str | None = None, jobs: int = 8) -> float:
+def precompile(tp: int, ms, fp8: str | None = None, jobs: int = 8) -> tuple[float, int]:
     """Compile every kernel the search of these points will time, in ``jobs`` processes at once (fewer if the GPU's
     free memory holds fewer workers): Triton compiles on one CPU core per kernel, and a search runs hundreds of
     configs. The search then loads them from Triton's cache. Returns (seconds it took, workers it ran)."""
@@ -308,7 +307,7 @@ def check_lookup(tps, ms, out_path=None, verbose=True) -> list[dict]:
             row = {"tp": tp, "M": m, "below": below, "above": above, "us_below": round(us[below], 2),
                    "us_above": round(us[above], 2), "faster": min(us, key=us.get),
                    "nearest": min((below, above), key=lambda r: (abs(r - m), r)),
-                   "nearest_log": min((below, above), key=lambda r: (abs(math.log(r / m)), r))}
+                   "nearest_log": nearest_row({r: {"M": r} for r in (below, above)}, m)["M"]}
             rows.append(row)
             if verbose:
                 print(row, flush=True)
